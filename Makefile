@@ -1,0 +1,39 @@
+# boshcpi: every target sets up what it needs, idempotently (Debian packages, daemons, venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DRIVER ?= lxd
+
+.PHONY: all host venv test unit integration lint demo bench clean-test cluster-test
+
+all: test
+
+host:
+	bash scripts/host-setup.sh all
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "boshcpi needs Python 3.11+"'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,libvirt]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+test: host venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+demo: host venv
+	$(PY) -m boshcpi.demo --driver $(DRIVER)
+
+bench: host venv
+	$(PY) bench/run.py

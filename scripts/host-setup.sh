@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Idempotent host set-up for boshcpi development, tests and the demo on Debian 12.
+# Installs the daemons (LXD, Incus, libvirt/QEMU), starts them when they are not running,
+# and creates a btrfs pool and a NAT-less bridge in LXD and in Incus for the tests.
+# Safe to run again: every step checks before it acts.
+set -euo pipefail
+
+STATE_DIR=${BOSHCPI_HOST_STATE:-/var/lib/boshcpi-dev}
+LOG_DIR=$STATE_DIR/log
+mkdir -p "$LOG_DIR"
+export DEBIAN_FRONTEND=noninteractive
+
+say() { echo "host-setup: $*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    say "must run as root (it installs Debian packages and starts daemons)"; exit 1
+  fi
+}
+
+add_backports() {
+  if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/ ; then return; fi
+  local uri
+  uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  if [ -z "$uri" ]; then
+    uri=$(awk '$1=="deb" && $3 ~ /^bookworm$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  fi
+  [ -n "$uri" ] || { say "cannot find the Debian mirror URI to add bookworm-backports"; exit 1; }
+  echo "deb $uri bookworm-backports main" > /etc/apt/sources.list.d/boshcpi-backports.list
+  say "added bookworm-backports from $uri"
+  APT_UPDATED=
+}
+
+APT_UPDATED=
+apt_update_once() {
+  if [ -z "$APT_UPDATED" ]; then apt-get update -qq; APT_UPDATED=1; fi
+}
+
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+install_pkgs() {
+  local suite=$1; shift
+  local missing=()
+  for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return
+  apt_update_once
+  say "installing ${missing[*]}${suite:+ from $suite}"
+  if [ -n "$suite" ]; then
+    apt-get install -y -qq -o Dpkg::Options::=--force-confdef -t "$suite" "${missing[@]}" >/dev/null
+  else
+    apt-get install -y -qq -o Dpkg::Options::=--force-confdef "${missing[@]}" >/dev/null
+  fi
+}
+
+install_all() {
+  add_backports
+  # backports first: incus pulls QEMU 10, which needs libvirt 11 (HOST.md pitfall)
+  install_pkgs bookworm-backports incus libvirt-daemon-system libvirt-clients qemu-system-x86 libvirt-dev
+  install_pkgs "" lxd btrfs-progs busybox-static pkg-config dosfstools mtools xorriso ruby \
+    extlinux syslinux-common fdisk curl jq hyperfine cpio
+}
+
+# ---- daemons -------------------------------------------------------------------------------
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+start_lxd() {
+  if [ -S /var/lib/lxd/unix.socket ] && timeout 5 lxd waitready --timeout=3 2>/dev/null; then return; fi
+  say "starting lxd"
+  setsid nohup lxd --group root --logfile "$LOG_DIR/lxd.log" >"$LOG_DIR/lxd.out" 2>&1 < /dev/null &
+  echo $! > "$STATE_DIR/lxd.pid"
+  lxd waitready --timeout=60
+}
+
+start_incus() {
+  if [ -S /var/lib/incus/unix.socket ] && timeout 5 incus admin waitready --timeout=3 2>/dev/null; then return; fi
+  say "starting incusd"
+  setsid nohup /usr/libexec/incus/incusd --group root --logfile "$LOG_DIR/incus.log" \
+    >"$LOG_DIR/incus.out" 2>&1 < /dev/null &
+  echo $! > "$STATE_DIR/incus.pid"
+  incus admin waitready --timeout=60
+}
+
+start_libvirt() {
+  if ! pid_alive "$STATE_DIR/virtlogd.pid" && ! pgrep -x virtlogd >/dev/null; then
+    say "starting virtlogd"
+    setsid nohup /usr/sbin/virtlogd >"$LOG_DIR/virtlogd.out" 2>&1 < /dev/null &
+    echo $! > "$STATE_DIR/virtlogd.pid"
+  fi
+  if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+    say "starting libvirtd"
+    setsid nohup /usr/sbin/libvirtd >"$LOG_DIR/libvirtd.out" 2>&1 < /dev/null &
+    echo $! > "$STATE_DIR/libvirtd.pid"
+    for _ in $(seq 1 60); do
+      virsh -c qemu:///system version >/dev/null 2>&1 && return
+      sleep 0.5
+    done
+    say "libvirtd did not come up; see $LOG_DIR/libvirtd.out"; exit 1
+  fi
+}
+
+# ---- test resources ------------------------------------------------------------------------
+# CLI DAEMON POOL BRIDGE SUBNET
+ensure_resources() {
+  local cli=$1 pool=$2 bridge=$3 cidr=$4
+  if ! $cli storage show "$pool" >/dev/null 2>&1; then
+    say "$cli: creating btrfs pool $pool"
+    $cli storage create "$pool" btrfs size=12GiB >/dev/null
+  fi
+  if ! $cli network show "$bridge" >/dev/null 2>&1; then
+    say "$cli: creating NAT-less bridge $bridge ($cidr)"
+    $cli network create "$bridge" ipv4.address="$cidr" ipv4.nat=false ipv6.address=none >/dev/null
+  fi
+}
+
+ensure_libvirt_pool() {
+  local pool=boshcpi-test dir=/var/lib/boshcpi-dev/libvirt-pool
+  mkdir -p "$dir"
+  if ! virsh -c qemu:///system pool-info "$pool" >/dev/null 2>&1; then
+    say "libvirt: defining dir pool $pool"
+    virsh -c qemu:///system pool-define-as "$pool" dir --target "$dir" >/dev/null
+    virsh -c qemu:///system pool-autostart "$pool" >/dev/null
+  fi
+  if ! virsh -c qemu:///system pool-info "$pool" | grep -q running; then
+    virsh -c qemu:///system pool-start "$pool" >/dev/null
+  fi
+}
+
+need_root
+case "${1:-all}" in
+  packages) install_all ;;
+  daemons) start_lxd; start_incus; start_libvirt ;;
+  all|*)
+    install_all
+    start_lxd; start_incus; start_libvirt
+    ensure_resources lxc boshcpi-btrfs boshcpi-lxdbr0 10.245.10.1/24
+    ensure_resources incus boshcpi-btrfs boshcpi-incbr0 10.245.20.1/24
+    ensure_libvirt_pool
+    say "ready: lxd, incus, libvirt"
+    ;;
+esac

@@ -1,0 +1,225 @@
+"""The Cloud interface every driver implements, and the typed specs the dispatcher hands it.
+
+Drivers never see the JSON envelope; the dispatcher never sees an LXD or libvirt object.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from boshcpi.protocol import CpiError, NotImplementedByCpi
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """One entry of create_vm's `networks` map, as the director sent it."""
+
+    name: str
+    type: str
+    ip: str = ""
+    netmask: str = ""
+    gateway: str = ""
+    dns: tuple[str, ...] = ()
+    default: tuple[str, ...] = ()
+    mac: str = ""
+    cloud_properties: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prefix_length(self) -> int | None:
+        if not self.netmask:
+            return None
+        try:
+            bits = "".join(f"{int(o):08b}" for o in self.netmask.split("."))
+        except ValueError:
+            return None
+        return bits.count("1")
+
+
+@dataclass(frozen=True)
+class StemcellSpec:
+    image_path: str
+    cloud_properties: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.cloud_properties.get("name") or "")
+
+    @property
+    def version(self) -> str:
+        return str(self.cloud_properties.get("version") or "")
+
+    @property
+    def disk_format(self) -> str:
+        return str(self.cloud_properties.get("disk_format") or "")
+
+    @property
+    def infrastructure(self) -> str:
+        return str(self.cloud_properties.get("infrastructure") or "")
+
+    @property
+    def architecture(self) -> str:
+        return str(self.cloud_properties.get("architecture") or "x86_64")
+
+    @property
+    def os(self) -> str:
+        """The stemcell line, e.g. 'ubuntu-jammy' (from `os_distro`/`name`)."""
+        for key in ("os_distro", "name", "os_type"):
+            v = self.cloud_properties.get(key)
+            if isinstance(v, str) and v:
+                return v
+        return ""
+
+    @property
+    def is_container(self) -> bool:
+        """Warden-style stemcells carry a root filesystem tarball, not a disk image."""
+        fmt = self.disk_format.lower()
+        infra = self.infrastructure.lower()
+        return fmt in ("files", "rootfs", "tgz") or infra in ("warden", "lxd-container", "container")
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    agent_id: str
+    stemcell_cid: str
+    cloud_properties: dict[str, Any]
+    networks: dict[str, NetworkSpec]
+    disk_cids: tuple[str, ...]
+    env: dict[str, Any]
+    raw_networks: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    size_mb: int
+    cloud_properties: dict[str, Any]
+    vm_cid: str | None
+
+
+@dataclass(frozen=True)
+class VMResources:
+    cpu: int
+    ram_mb: int
+    ephemeral_disk_mb: int
+
+
+_INSTANCE_TYPE = re.compile(r"^c(\d+)-m(\d+(?:\.\d+)?)$")
+
+
+@dataclass(frozen=True)
+class VMSize:
+    """Common VM cloud properties: cpus, memory (MiB), ephemeral disk (MiB)."""
+
+    cpus: int = 1
+    memory_mb: int = 1024
+    ephemeral_mb: int = 0
+
+
+def parse_vm_size(props: dict[str, Any]) -> VMSize:
+    """`instance_type` (LXD's cN-mM form, M in GiB) then `cpus`/`memory`/`ephemeral_disk` override."""
+    cpus, memory = 1, 1024
+    itype = props.get("instance_type")
+    if itype is not None:
+        if not isinstance(itype, str) or not _INSTANCE_TYPE.match(itype):
+            raise CpiError(f"cloud_properties.instance_type: expected the form 'c2-m4' (cpus, GiB), got {itype!r}")
+        m = _INSTANCE_TYPE.match(itype)
+        assert m
+        cpus, memory = int(m.group(1)), int(float(m.group(2)) * 1024)
+    cpus = _positive_int(props, "cpus", cpus)
+    memory = _positive_int(props, "memory", memory)
+    ephemeral = _positive_int(props, "ephemeral_disk", 0, allow_zero=True)
+    return VMSize(cpus=cpus, memory_mb=memory, ephemeral_mb=ephemeral)
+
+
+def _positive_int(props: dict[str, Any], key: str, default: int, allow_zero: bool = False) -> int:
+    value = props.get(key)
+    if value is None:
+        return default
+    if isinstance(value, dict) and key == "ephemeral_disk":
+        value = value.get("size")
+        if value is None:
+            return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        raise CpiError(f"cloud_properties.{key}: expected a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
+    return value
+
+
+def calculate_vm_cloud_properties(res: VMResources) -> dict[str, Any]:
+    """The cloud properties create_vm understands, from a director's resource request."""
+    return {"cpus": res.cpu, "memory": res.ram_mb, "ephemeral_disk": res.ephemeral_disk_mb}
+
+
+class Cloud:
+    """What every driver implements. Unimplemented methods answer Bosh::Clouds::NotImplemented."""
+
+    stemcell_formats: tuple[str, ...] = ()
+
+    def info(self) -> dict[str, Any]:
+        return {"api_version": 2, "stemcell_formats": list(self.stemcell_formats)}
+
+    def _missing(self, name: str) -> NotImplementedByCpi:
+        return NotImplementedByCpi(f"{name} is not implemented by the {type(self).__name__} driver")
+
+    def create_stemcell(self, spec: StemcellSpec) -> str:
+        raise self._missing("create_stemcell")
+
+    def delete_stemcell(self, stemcell_cid: str) -> None:
+        raise self._missing("delete_stemcell")
+
+    def create_vm(self, spec: VMSpec) -> tuple[str, dict[str, Any]]:
+        raise self._missing("create_vm")
+
+    def delete_vm(self, vm_cid: str) -> None:
+        raise self._missing("delete_vm")
+
+    def has_vm(self, vm_cid: str) -> bool:
+        raise self._missing("has_vm")
+
+    def reboot_vm(self, vm_cid: str) -> None:
+        raise self._missing("reboot_vm")
+
+    def set_vm_metadata(self, vm_cid: str, metadata: dict[str, str]) -> None:
+        raise self._missing("set_vm_metadata")
+
+    def calculate_vm_cloud_properties(self, res: VMResources) -> dict[str, Any]:
+        return calculate_vm_cloud_properties(res)
+
+    def create_disk(self, spec: DiskSpec) -> str:
+        raise self._missing("create_disk")
+
+    def delete_disk(self, disk_cid: str) -> None:
+        raise self._missing("delete_disk")
+
+    def has_disk(self, disk_cid: str) -> bool:
+        raise self._missing("has_disk")
+
+    def attach_disk(self, vm_cid: str, disk_cid: str) -> Any:
+        raise self._missing("attach_disk")
+
+    def detach_disk(self, vm_cid: str, disk_cid: str) -> None:
+        raise self._missing("detach_disk")
+
+    def get_disks(self, vm_cid: str) -> list[str]:
+        raise self._missing("get_disks")
+
+    def resize_disk(self, disk_cid: str, new_size_mb: int) -> None:
+        raise self._missing("resize_disk")
+
+    def update_disk(self, disk_cid: str, new_size_mb: int, cloud_properties: dict[str, Any]) -> str:
+        raise self._missing("update_disk")
+
+    def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
+        raise self._missing("snapshot_disk")
+
+    def delete_snapshot(self, snapshot_cid: str) -> None:
+        raise self._missing("delete_snapshot")
+
+    def set_disk_metadata(self, disk_cid: str, metadata: dict[str, Any]) -> None:
+        raise self._missing("set_disk_metadata")
+
+    def close(self) -> None:
+        """Release connections; called once after the method returns."""
