@@ -1,0 +1,23 @@
+"""The VM config drive: the agent settings as user-data plus a small meta-data file, on a FAT32 or
+ISO9660 ("CDROM") image labelled as `agent_config.label` says (config-2 by default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from boshcpi.agent import settings as agent_settings
+
+
+def build(settings: dict[str, Any], *, kind: str, label: str, userdata_path: str, metadata_path: str) -> bytes:
+    vm = settings.get("vm") or {}
+    files = {
+        userdata_path: agent_settings.dumps(settings),
+        metadata_path: agent_settings.metadata(str(vm.get("id", ""))),
+    }
+    if kind == "CDROM":
+        from boshcpi.agent import iso9660
+
+        return iso9660.build(files, label=label)
+    from boshcpi.agent import fat32
+
+    return fat32.build(files, label=label)

@@ -1,0 +1,75 @@
+"""The agent settings model: what a BOSH agent reads at boot (bosh-cpi-go's AgentEnv, as JSON).
+
+Shared by every driver. The settings hold secrets (mbus and blobstore credentials): they go only
+into the config disk or the container's settings file, never into instance config keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+# Where warden-style stemcells' agents read their settings, and where persistent disks appear.
+CONTAINER_SETTINGS_PATH = "/var/vcap/bosh/warden-cpi-agent-env.json"
+CONTAINER_DISK_ROOT = "/warden-cpi-dev"
+
+
+def build(
+    *,
+    agent_id: str,
+    vm_cid: str,
+    networks: dict[str, dict[str, Any]],
+    env: dict[str, Any],
+    mbus: str,
+    ntp: list[str],
+    blobstore: dict[str, Any] | None,
+    system_disk: Any,
+    ephemeral_disk: Any,
+    persistent: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "agent_id": agent_id,
+        "vm": {"name": vm_cid, "id": vm_cid},
+        "mbus": mbus,
+        "ntp": list(ntp),
+        "networks": networks,
+        "disks": {"system": system_disk, "ephemeral": ephemeral_disk, "persistent": dict(persistent or {})},
+        "env": env,
+    }
+    if blobstore:
+        settings["blobstore"] = blobstore
+    return settings
+
+
+def network_entry(raw: dict[str, Any], mac: str, preconfigured: bool) -> dict[str, Any]:
+    """The director's network entry plus the MAC the CPI chose, in the agent's shape."""
+    entry = copy.deepcopy(raw)
+    entry.setdefault("type", "manual")
+    entry.setdefault("default", [])
+    entry.setdefault("dns", [])
+    entry.setdefault("routes", [])
+    entry["mac"] = mac
+    entry["preconfigured"] = preconfigured
+    return entry
+
+
+def attach_persistent(settings: dict[str, Any], disk_cid: str, hint: Any) -> dict[str, Any]:
+    out = copy.deepcopy(settings)
+    out.setdefault("disks", {}).setdefault("persistent", {})[disk_cid] = hint
+    return out
+
+
+def detach_persistent(settings: dict[str, Any], disk_cid: str) -> dict[str, Any]:
+    out = copy.deepcopy(settings)
+    out.setdefault("disks", {}).setdefault("persistent", {}).pop(disk_cid, None)
+    return out
+
+
+def dumps(settings: dict[str, Any]) -> bytes:
+    return json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+
+
+def metadata(vm_cid: str) -> bytes:
+    """The small meta-data document that sits beside user-data on the config drive."""
+    return json.dumps({"instance-id": vm_cid, "hostname": vm_cid, "public-keys": {}}, sort_keys=True).encode()

@@ -1,0 +1,177 @@
+"""Stemcells as LXD/Incus images: streamed split-image uploads, reuse by fingerprint, aliases as cids.
+
+Each stemcell cid is an image alias (`img-<uuid>`); two stemcells with the same bytes share one
+image, and an image goes only when its last alias does and no instance is built from it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from urllib.parse import quote, urlencode
+
+from boshcpi import log, naming, stemcell
+from boshcpi.cloud import StemcellSpec
+from boshcpi.drivers.lxd.client import LXDClient, LXDError
+from boshcpi.drivers.lxd.errors import mapped
+from boshcpi.protocol import CloudError, CpiError
+
+ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
+
+
+def _metadata_yaml(spec: StemcellSpec, is_vm: bool) -> str:
+    arch = ARCH.get(spec.architecture, spec.architecture or "x86_64")
+    props = {
+        "description": f"BOSH stemcell {spec.name or 'unnamed'}/{spec.version or '0'}",
+        "os": spec.os or "bosh",
+        "release": spec.version or "0",
+        "boshcpi": "true",
+        "bosh.stemcell.name": spec.name,
+        "bosh.stemcell.version": spec.version,
+        "bosh.stemcell.kind": "vm" if is_vm else "container",
+    }
+    lines = [f"architecture: {arch}", "creation_date: 946684800", "properties:"]
+    lines += [f"  {k}: {stemcell.yaml_quote(str(v))}" for k, v in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _multipart(boundary: str, meta: bytes, rootfs_name: str, rootfs_path: str) -> Iterator[bytes]:
+    def head(name: str) -> bytes:
+        return (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+
+    yield head("metadata") + meta + b"\r\n"
+    yield head(rootfs_name)
+    total = os.path.getsize(rootfs_path) or 1
+    sent, next_report, start = 0, 0.25, time.monotonic()
+    for chunk in stemcell.file_chunks(rootfs_path):
+        sent += len(chunk)
+        if sent / total >= next_report:
+            rate = sent / max(time.monotonic() - start, 1e-6) / 1e6
+            log.info(f"uploading image: {sent * 100 // total}% of {total // (1 << 20)} MiB ({rate:.0f} MB/s)")
+            next_report += 0.25
+        yield chunk
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def find_alias(client: LXDClient, cid: str) -> str | None:
+    """Fingerprint behind a stemcell cid, or None."""
+    try:
+        return client.get(f"/1.0/images/aliases/{quote(cid)}")["target"]
+    except LXDError as e:
+        if e.not_found:
+            return None
+        raise
+
+
+def image_info(client: LXDClient, fingerprint: str) -> dict | None:
+    try:
+        return client.get(f"/1.0/images/{fingerprint}")
+    except LXDError as e:
+        if e.not_found:
+            return None
+        raise
+
+
+def upload(client: LXDClient, spec: StemcellSpec, timeout: float) -> str:
+    """Import the stemcell image; return its fingerprint (reusing an identical image)."""
+    stemcell.check_image_path(spec.image_path)
+    if spec.is_container:
+        is_vm = False
+    elif spec.disk_format in ("qcow2", "raw") or spec.cloud_properties.get("container_format") == "bare":
+        is_vm = True
+    else:
+        is_vm = stemcell.is_vm_image(spec.image_path)
+    meta = stemcell.metadata_tarball(_metadata_yaml(spec, is_vm))
+    tmpdir = None
+    try:
+        if is_vm:
+            tmpdir = tempfile.mkdtemp(prefix="boshcpi-stemcell-", dir=os.environ.get("BOSHCPI_TMPDIR"))
+            rootfs = stemcell.extract_disk_image(spec.image_path, os.path.join(tmpdir, "root.img"))
+            if stemcell.disk_format(rootfs) != "qcow2":
+                rootfs = _to_qcow2(rootfs)
+            part = "rootfs.img"
+        else:
+            rootfs, part = spec.image_path, "rootfs"
+        fingerprint = stemcell.sha256_of(meta, rootfs)
+        if image_info(client, fingerprint) is not None:
+            log.info(f"image {fingerprint[:12]} already present: reusing it")
+            return fingerprint
+        boundary = "boshcpi-" + os.urandom(12).hex()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        props = {"boshcpi": "true"}
+        headers[f"{client.header_prefix}properties"] = urlencode(props)
+        log.info(f"uploading {'VM' if is_vm else 'container'} image {fingerprint[:12]} from {spec.image_path}")
+        with mapped("create_stemcell: upload"):
+            status, _, payload = client.raw("POST", "/1.0/images", _multipart(boundary, meta, part, rootfs), headers)
+            op = client._result(status, payload, wait=False)
+            result = client.wait(op["id"], timeout) if isinstance(op, dict) and "id" in op else op
+        got = (result or {}).get("fingerprint", fingerprint)
+        if got != fingerprint:
+            log.warn(f"daemon fingerprint {got[:12]} differs from computed {fingerprint[:12]}")
+        return got
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _to_qcow2(raw_path: str) -> str:
+    """LXD VM images carry qcow2; convert a raw root.img (needs qemu-img)."""
+    import subprocess
+
+    out = raw_path + ".qcow2"
+    qemu_img = shutil.which("qemu-img")
+    if not qemu_img:
+        raise CpiError("create_stemcell: raw VM images need qemu-img (package qemu-utils) to become qcow2")
+    subprocess.run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", raw_path, out], check=True)
+    os.unlink(raw_path)
+    return out
+
+
+def create_alias(client: LXDClient, fingerprint: str, spec: StemcellSpec) -> str:
+    cid = naming.new_stemcell_cid()
+    desc = f"boshcpi stemcell {spec.name}/{spec.version}".strip()
+    with mapped("create_stemcell: alias"):
+        client.request("POST", "/1.0/images/aliases", {"name": cid, "target": fingerprint, "description": desc})
+    return cid
+
+
+def users_of(client: LXDClient, fingerprint: str) -> list[str]:
+    """Instances created from this image (their volatile.base_image)."""
+    instances = client.get("/1.0/instances", params={"recursion": 1}) or []
+    return [i["name"] for i in instances if (i.get("config") or {}).get("volatile.base_image") == fingerprint]
+
+
+def delete(client: LXDClient, cid: str) -> None:
+    with mapped(f"delete_stemcell {cid}"):
+        fingerprint = find_alias(client, cid)
+        if fingerprint is None:
+            log.info(f"stemcell {cid} is already gone")
+            return
+        info = image_info(client, fingerprint) or {}
+        others = [a["name"] for a in info.get("aliases") or [] if a.get("name") != cid]
+        if not others:
+            users = users_of(client, fingerprint)
+            if users:
+                raise CloudError(
+                    f"delete_stemcell: stemcell {cid} is still used by {len(users)} VM(s): "
+                    f"{', '.join(sorted(users)[:5])}; delete them first"
+                )
+        try:
+            client.request("DELETE", f"/1.0/images/aliases/{quote(cid)}")
+        except LXDError as e:
+            if not e.not_found:
+                raise
+        if others:
+            log.info(f"image {fingerprint[:12]} kept: still the stemcell(s) {', '.join(others)}")
+            return
+        try:
+            client.request("DELETE", f"/1.0/images/{fingerprint}")
+        except LXDError as e:
+            if not e.not_found:
+                raise

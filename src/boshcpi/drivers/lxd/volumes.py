@@ -1,0 +1,78 @@
+"""Moving bytes in and out of custom block volumes through the volume backup API.
+
+LXD 5.0 has no ISO volume upload; a custom-volume backup tarball (`backup/index.yaml` plus
+`backup/volume.img`) imports on LXD and Incus alike, and exports the same way for reading back.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+from urllib.parse import quote
+
+from boshcpi.drivers.lxd.client import LXDClient, LXDError
+
+
+def _index_yaml(name: str, pool: str, size_mb: int, config: dict[str, str]) -> str:
+    lines = [
+        f"name: {name}",
+        f"pool: {pool}",
+        "optimized: false",
+        "optimized_header: false",
+        "type: custom",
+        "config:",
+        "  volume:",
+        f"    name: {name}",
+        "    type: custom",
+        "    content_type: block",
+        '    description: "boshcpi config drive"',
+        "    config:",
+        f"      size: {size_mb}MiB",
+    ]
+    lines += [f'      {k}: "{v}"' for k, v in config.items()]
+    return "\n".join(lines) + "\n"
+
+
+def backup_tarball(name: str, pool: str, image: bytes, config: dict[str, str]) -> bytes:
+    size_mb = max(1, -(-len(image) // (1 << 20)))
+    padded = image + b"\x00" * (size_mb * (1 << 20) - len(image))
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for member, data in (("backup/index.yaml", _index_yaml(name, pool, size_mb, config).encode()), ("backup/volume.img", padded)):
+            info = tarfile.TarInfo(member)
+            info.size, info.mode, info.mtime = len(data), 0o600, 946684800
+            tf.addfile(info, io.BytesIO(data))
+    # Config drives are mostly zeros: gzip level 1 turns 33 MiB into a few KiB in ~50 ms.
+    return gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
+
+
+def import_block(client: LXDClient, pool: str, name: str, image: bytes, config: dict[str, str]) -> None:
+    body = backup_tarball(name, pool, image, config)
+    headers = {"Content-Type": "application/octet-stream", f"{client.header_prefix}name": name}
+    status, _, payload = client.raw("POST", f"/1.0/storage-pools/{quote(pool)}/volumes/custom", body, headers)
+    client._result(status, payload, wait=True)
+
+
+def export_block(client: LXDClient, pool: str, name: str) -> bytes:
+    """Read a custom block volume's bytes back (through a temporary backup, removed afterwards)."""
+    backup = "read-" + os.urandom(4).hex()
+    base = f"/1.0/storage-pools/{quote(pool)}/volumes/custom/{quote(name)}/backups"
+    client.request("POST", base, {"name": backup, "compression_algorithm": "gzip"})
+    try:
+        status, _, payload = client.raw("GET", f"{base}/{backup}/export")
+        if status >= 400:
+            client._result(status, payload, True)
+    finally:
+        try:
+            client.request("DELETE", f"{base}/{backup}")
+        except LXDError:
+            pass
+    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as tf:
+        for member in tf:
+            if member.name.endswith("volume.img"):
+                fh = tf.extractfile(member)
+                assert fh is not None
+                return fh.read()
+    raise LXDError(500, f"backup of {name} holds no volume.img")

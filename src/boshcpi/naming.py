@@ -1,0 +1,82 @@
+"""Cids and derived names. Every object boshcpi makes has a name of a fixed form, so `cleanup` and
+`doctor` can tell what is ours and which VM an ephemeral or config volume belongs to."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+VM_PREFIX = "vm-"
+STEMCELL_PREFIX = "img-"
+PERSISTENT_PREFIX = "vol-p-"
+EPHEMERAL_PREFIX = "vol-e-"
+CONFIG_PREFIX = "vol-c-"
+SNAPSHOT_MARK = "snap-"
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+VM_CID = re.compile(rf"^vm-({_UUID})$")
+DISK_CID = re.compile(rf"^vol-p-({_UUID})$")
+STEMCELL_CID = re.compile(rf"^img-({_UUID})$")
+SNAPSHOT_CID = re.compile(rf"^(vol-p-{_UUID})@(snap-[0-9a-f]{{12}})$")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def new_vm_cid() -> str:
+    return VM_PREFIX + new_id()
+
+
+def new_disk_cid() -> str:
+    return PERSISTENT_PREFIX + new_id()
+
+
+def new_stemcell_cid() -> str:
+    return STEMCELL_PREFIX + new_id()
+
+
+def vm_uuid(vm_cid: str) -> str:
+    return vm_cid[len(VM_PREFIX) :] if vm_cid.startswith(VM_PREFIX) else vm_cid
+
+
+def ephemeral_volume(vm_cid: str) -> str:
+    return EPHEMERAL_PREFIX + vm_uuid(vm_cid)
+
+
+def config_volume(vm_cid: str) -> str:
+    """A fresh name each time: a running VM may hold the previous config volume until reboot."""
+    return f"{CONFIG_PREFIX}{vm_uuid(vm_cid)}-{os.urandom(3).hex()}"
+
+
+def owner_of_volume(name: str) -> str | None:
+    """vm cid an ephemeral or config volume belongs to, from its name."""
+    for prefix in (EPHEMERAL_PREFIX, CONFIG_PREFIX):
+        if name.startswith(prefix):
+            return VM_PREFIX + name[len(prefix) : len(prefix) + 36]
+    return None
+
+
+def new_snapshot_cid(disk_cid: str) -> str:
+    return f"{disk_cid}@{SNAPSHOT_MARK}{os.urandom(6).hex()}"
+
+
+def split_snapshot_cid(snapshot_cid: str) -> tuple[str, str] | None:
+    m = SNAPSHOT_CID.match(snapshot_cid)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def persistent_device(disk_cid: str) -> str:
+    """Short device name (Incus limits device name length): p- plus the first 12 hex of the uuid."""
+    return "p-" + disk_cid[len(PERSISTENT_PREFIX) :].replace("-", "")[:12]
+
+
+def random_mac(prefix: str = "00:16:3e") -> str:
+    tail = os.urandom(3)
+    return prefix + "".join(f":{b:02x}" for b in tail)
+
+
+def metadata_key(key: str) -> str:
+    """A BOSH metadata key as an LXD config key suffix: lower-case [a-z0-9_.-]."""
+    return re.sub(r"[^a-z0-9_.-]", "_", key.lower())
