@@ -68,8 +68,12 @@ def split_snapshot_cid(snapshot_cid: str) -> tuple[str, str] | None:
 
 
 def persistent_device(disk_cid: str) -> str:
-    """Short device name (Incus limits device name length): p- plus the first 12 hex of the uuid."""
-    return "p-" + disk_cid[len(PERSISTENT_PREFIX) :].replace("-", "")[:12]
+    """Device name of a persistent disk: `p` plus 19 hex digits of its uuid, 20 characters.
+
+    Short (Incus limits device name length) yet exactly 20 characters: LXD/Incus give a VM's disk the
+    serial `lxd_<device>`/`incus_<device>`, so the agent's by-id resolver (which globs
+    /dev/disk/by-id/*<first 20 characters of the hint's id>) finds it by this name."""
+    return "p" + disk_cid[len(PERSISTENT_PREFIX) :].replace("-", "")[:19]
 
 
 def random_mac(prefix: str = "00:16:3e") -> str:

@@ -21,3 +21,16 @@ def build(settings: dict[str, Any], *, kind: str, label: str, userdata_path: str
     from boshcpi.agent import fat32
 
     return fat32.build(files, label=label)
+
+
+def read_settings(image: bytes, *, userdata_path: str) -> dict[str, Any]:
+    """The settings back from a config drive image this module built (FAT32 or ISO9660)."""
+    import json
+
+    if image[16 * 2048 + 1 : 16 * 2048 + 6] == b"CD001":
+        from boshcpi.agent import iso9660
+
+        return json.loads(iso9660.read(image, userdata_path))
+    from boshcpi.agent import fat32
+
+    return json.loads(fat32.read(image, userdata_path))

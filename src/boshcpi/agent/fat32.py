@@ -166,3 +166,51 @@ def build(files: dict[str, bytes], label: str = "config-2") -> bytes:
         off = (RESERVED + copy * fat_sectors) * SECTOR
         image[off : off + len(fat_bytes)] = fat_bytes
     return bytes(image)
+
+
+def read(image: bytes, path: str) -> bytes:
+    """Read one file back from an image written by `build` (long names; used to reread settings)."""
+    bps, spc, reserved, nfats = struct.unpack_from("<HBHB", image, 11)
+    fat_size, root_cluster = struct.unpack_from("<I", image, 36)[0], struct.unpack_from("<I", image, 44)[0]
+    data_start = reserved + nfats * fat_size
+    cluster_bytes = bps * spc
+
+    def chain(first: int) -> bytes:
+        out, c = bytearray(), first
+        while 2 <= c < 0x0FFFFFF8:
+            off = (data_start + (c - 2) * spc) * bps
+            out += image[off : off + cluster_bytes]
+            c = struct.unpack_from("<I", image, reserved * bps + c * 4)[0] & 0x0FFFFFFF
+        return bytes(out)
+
+    def entries(cluster: int):
+        raw, lfn = chain(cluster), []
+        for i in range(0, len(raw), 32):
+            e = raw[i : i + 32]
+            if e[0] == 0:
+                return
+            if e[0] == 0xE5:
+                lfn = []
+                continue
+            if e[11] == 0x0F:
+                part = e[1:11] + e[14:26] + e[28:32]
+                lfn.insert(0, part.decode("utf-16-le").split("\x00")[0])
+                continue
+            short = e[0:8].decode().strip() + ("." + e[8:11].decode().strip() if e[8:11].strip() else "")
+            name = "".join(lfn) or short.lower()
+            lfn = []
+            first = struct.unpack_from("<H", e, 20)[0] << 16 | struct.unpack_from("<H", e, 26)[0]
+            yield name, e[11], first, struct.unpack_from("<I", e, 28)[0]
+
+    cluster = root_cluster
+    parts = [p for p in path.split("/") if p]
+    for depth, part in enumerate(parts):
+        for name, attr, first, size in entries(cluster):
+            if name == part and not attr & 0x08:
+                if depth == len(parts) - 1:
+                    return chain(first)[:size] if size else b""
+                cluster = first
+                break
+        else:
+            raise FileNotFoundError(path)
+    raise FileNotFoundError(path)

@@ -193,3 +193,47 @@ def build(files: dict[str, bytes], label: str = "config-2") -> bytes:
     image[16 * BLOCK : 17 * BLOCK] = pvd
     image[17 * BLOCK : 17 * BLOCK + 7] = b"\xffCD001\x01"
     return bytes(image)
+
+
+def read(image: bytes, path: str) -> bytes:
+    """Read one file back from an image written by `build` (Rock Ridge names; used to reread settings)."""
+
+    def records(extent: int, size: int):
+        data = image[extent * BLOCK : extent * BLOCK + size]
+        i = 0
+        while i < len(data):
+            length = data[i]
+            if length == 0:
+                i = (i // BLOCK + 1) * BLOCK
+                continue
+            rec = data[i : i + length]
+            name_len = rec[32]
+            ident = rec[33 : 33 + name_len]
+            su = rec[33 + name_len + (1 - name_len % 2) :]
+            name = None
+            j = 0
+            while j + 4 <= len(su):
+                sig, ln = su[j : j + 2], su[j + 2]
+                if ln == 0:
+                    break
+                if sig == b"NM":
+                    name = su[j + 5 : j + ln].decode()
+                j += ln
+            if ident not in (b"\x00", b"\x01"):
+                plain = ident.decode(errors="replace").split(";")[0].rstrip(".").lower()
+                yield name or plain, struct.unpack_from("<I", rec, 2)[0], struct.unpack_from("<I", rec, 10)[0], rec[25] & 2
+            i += length
+
+    root = image[16 * BLOCK + 156 : 16 * BLOCK + 190]
+    extent, size = struct.unpack_from("<I", root, 2)[0], struct.unpack_from("<I", root, 10)[0]
+    parts = [p for p in path.split("/") if p]
+    for depth, part in enumerate(parts):
+        for name, ext, sz, is_dir in records(extent, size):
+            if name == part:
+                if depth == len(parts) - 1:
+                    return image[ext * BLOCK : ext * BLOCK + sz]
+                extent, size = ext, sz
+                break
+        else:
+            raise FileNotFoundError(path)
+    raise FileNotFoundError(path)

@@ -1,0 +1,145 @@
+"""Fixtures: one per daemon (LXD, Incus, libvirt), each yielding a connected, run-unique context that
+removes everything it made. LXD and Incus runs live in a project of their own, `boshcpi-t<hex>`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import stemcells
+from tests.helpers import Response, call
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+RUN_ID = uuid.uuid4().hex[:6]
+
+DAEMONS = {
+    "lxd": {"cli": "lxc", "socket": "/var/lib/lxd/unix.socket", "network": "boshcpi-lxdbr0",
+            "subnet": "10.245.10"},
+    "incus": {"cli": "incus", "socket": "/var/lib/incus/unix.socket", "network": "boshcpi-incbr0",
+              "subnet": "10.245.20"},
+}
+POOL = "boshcpi-btrfs"
+
+
+@dataclass
+class LXDContext:
+    kind: str
+    project: str
+    config_path: Path
+    config: dict[str, Any]
+    cli: str
+    subnet: str
+    tmp: Path
+
+    def call(self, method: str, *args: Any, **kw: Any) -> Response:
+        return call(self.config_path, method, *args, **kw)
+
+    def cli_run(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run([self.cli, "--project", self.project, *args], capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{self.cli} {' '.join(args)} failed: {proc.stderr}")
+        return proc.stdout
+
+    def api(self, path: str) -> Any:
+        sep = "&" if "?" in path else "?"
+        proc = subprocess.run([self.cli, "query", f"{path}{sep}project={self.project}"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None
+        return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+    def instances(self) -> list[str]:
+        return [i["name"] for i in self.api("/1.0/instances?recursion=1") or []]
+
+    def volumes(self) -> list[str]:
+        return [v["name"] for v in self.api(f"/1.0/storage-pools/{POOL}/volumes/custom?recursion=1") or []]
+
+    def images(self) -> list[str]:
+        return [i["fingerprint"] for i in self.api("/1.0/images?recursion=1") or []]
+
+    def write_config(self, **overrides: Any) -> Path:
+        cfg = json.loads(json.dumps(self.config))
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                cfg.setdefault(section, {}).update(values)
+            else:
+                cfg[section] = values
+        path = self.tmp / f"cpi-{uuid.uuid4().hex[:6]}.json"
+        path.write_text(json.dumps(cfg))
+        return path
+
+
+def _daemon_up(kind: str) -> bool:
+    return os.path.exists(DAEMONS[kind]["socket"]) and shutil.which(DAEMONS[kind]["cli"]) is not None
+
+
+def _project_teardown(cli: str, project: str) -> None:
+    def q(path: str) -> Any:
+        proc = subprocess.run([cli, "query", path], capture_output=True, text=True)
+        return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else []
+
+    for inst in q(f"/1.0/instances?project={project}&recursion=1") or []:
+        subprocess.run([cli, "--project", project, "delete", "--force", inst["name"]], capture_output=True)
+    for img in q(f"/1.0/images?project={project}&recursion=1") or []:
+        subprocess.run([cli, "--project", project, "image", "delete", img["fingerprint"]], capture_output=True)
+    for vol in q(f"/1.0/storage-pools/{POOL}/volumes/custom?project={project}&recursion=1") or []:
+        for snap in q(f"/1.0/storage-pools/{POOL}/volumes/custom/{vol['name']}/snapshots?project={project}") or []:
+            name = snap.rsplit("/", 1)[-1].split("?")[0]
+            subprocess.run([cli, "--project", project, "storage", "volume", "delete", POOL,
+                            f"{vol['name']}/{name}"], capture_output=True)
+        subprocess.run([cli, "--project", project, "storage", "volume", "delete", POOL, vol["name"]],
+                       capture_output=True)
+    subprocess.run([cli, "project", "delete", project], capture_output=True)
+
+
+def _lxd_context(kind: str, tmp_path_factory: pytest.TempPathFactory):
+    if not _daemon_up(kind):
+        pytest.fail(f"{kind} is not running: run `make host` (make test does it)")
+    d = DAEMONS[kind]
+    project = f"boshcpi-t{RUN_ID}"
+    subprocess.run([d["cli"], "project", "create", project, "-c", "features.images=true",
+                    "-c", "features.profiles=true", "-c", "features.storage.volumes=true"],
+                   check=True, capture_output=True)
+    tmp = tmp_path_factory.mktemp(f"{kind}-ctx")
+    config = {
+        "server": {"type": kind, "url": f"unix://{d['socket']}", "project_name": project,
+                   "profile_name": "default", "network_name": d["network"], "storage_pool_name": POOL},
+        "agent": {"mbus": "nats://nats-user:mbus-s3cret-pw@10.245.0.11:4222", "ntp": ["10.245.0.1"],
+                  "blobstore": {"provider": "dav", "options": {"endpoint": "http://10.245.0.11:25250",
+                                                               "user": "agent", "password": "blob-s3cret-pw"}}},
+    }
+    config_path = tmp / "cpi.json"
+    config_path.write_text(json.dumps(config))
+    ctx = LXDContext(kind, project, config_path, config, d["cli"], d["subnet"], tmp)
+    try:
+        yield ctx
+    finally:
+        _project_teardown(d["cli"], project)
+
+
+@pytest.fixture(scope="session")
+def lxd(tmp_path_factory):
+    yield from _lxd_context("lxd", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def incus(tmp_path_factory):
+    yield from _lxd_context("incus", tmp_path_factory)
+
+
+@pytest.fixture(scope="session", params=["lxd", "incus"])
+def daemon(request):
+    """The same test against LXD and against Incus."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
+def test_stemcells() -> dict[str, Path]:
+    return stemcells.build_all(CACHE / "stemcells")

@@ -1,0 +1,183 @@
+"""Container lifecycle against real LXD 5.0 and Incus 6.0 (same test code), warden-style stemcell."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests import stemcells
+
+pytestmark = pytest.mark.lxd
+
+SECRETS = ("mbus-s3cret-pw", "blob-s3cret-pw", "env-s3cret-pw")
+
+
+def network(ctx, ip_last: int) -> dict:
+    return {"default": {"type": "manual", "ip": f"{ctx.subnet}.{ip_last}", "netmask": "255.255.255.0",
+                        "gateway": f"{ctx.subnet}.1", "dns": [f"{ctx.subnet}.1"], "default": ["dns", "gateway"],
+                        "cloud_properties": {}}}
+
+
+ENV = {"bosh": {"password": "env-s3cret-pw", "group": "cf-router"}}
+
+
+@pytest.fixture(scope="module")
+def warden_stemcell(daemon, test_stemcells):
+    d = test_stemcells["warden"]
+    cid = daemon.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+    yield cid
+    daemon.call("delete_stemcell", cid)
+
+
+def assert_no_secrets(*texts: str) -> None:
+    for text in texts:
+        for secret in SECRETS:
+            assert secret not in text
+
+
+def test_container_lifecycle(daemon, warden_stemcell):
+    ctx = daemon
+    net = network(ctx, 21)
+    resp = ctx.call("create_vm", "agent-life", warden_stemcell, {"instance_type": "c1-m1", "ephemeral_disk": 256},
+                    net, [], ENV)
+    vm_cid, networks = resp.ok()
+    assert_no_secrets(resp.stderr, resp.log, resp.stdout)
+    assert vm_cid.startswith("vm-")
+    mac = networks["default"]["mac"]
+    assert networks["default"]["ip"] == f"{ctx.subnet}.21"
+    assert len(mac.split(":")) == 6
+
+    # The settings file inside the container holds exactly what the agent needs.
+    settings = json.loads(ctx.cli_run("exec", vm_cid, "--", "cat", "/var/vcap/bosh/warden-cpi-agent-env.json"))
+    assert settings == {
+        "agent_id": "agent-life",
+        "vm": {"name": vm_cid, "id": vm_cid},
+        "mbus": ctx.config["agent"]["mbus"],
+        "ntp": ["10.245.0.1"],
+        "blobstore": ctx.config["agent"]["blobstore"],
+        "networks": {"default": {**net["default"], "mac": mac, "preconfigured": True, "routes": []}},
+        "disks": {"system": "", "ephemeral": "/var/vcap/data", "persistent": {}},
+        "env": ENV,
+    }
+    # The NIC carries the MAC and the fixed address; limits follow instance_type.
+    inst = ctx.api(f"/1.0/instances/{vm_cid}")
+    assert inst["devices"]["eth0"]["hwaddr"] == mac
+    assert inst["devices"]["eth0"]["ipv4.address"] == f"{ctx.subnet}.21"
+    assert inst["config"]["limits.cpu"] == "1"
+    assert inst["config"]["limits.memory"] == "1024MiB"
+    assert inst["config"]["user.bosh.agent_id"] == "agent-life"
+    # No secret lands in instance config that any API reader can list.
+    assert_no_secrets(json.dumps(inst))
+    # The container got its address from the bridge (static DHCP lease) by itself.
+    deadline = time.monotonic() + 20
+    addrs = ""
+    while time.monotonic() < deadline:
+        addrs = ctx.cli_run("exec", vm_cid, "--", "ip", "-4", "addr", "show", "eth0", check=False)
+        if f"{ctx.subnet}.21" in addrs:
+            break
+        time.sleep(0.5)
+    assert f"{ctx.subnet}.21" in addrs
+    # Ephemeral disk is its own volume, mounted where the agent expects it.
+    assert f"vol-e-{vm_cid[3:]}" in ctx.volumes()
+    assert "/var/vcap/data" in ctx.cli_run("exec", vm_cid, "--", "cat", "/proc/mounts")
+
+    assert ctx.call("has_vm", vm_cid).ok() is True
+    assert ctx.call("reboot_vm", vm_cid).ok() is None
+    assert ctx.api(f"/1.0/instances/{vm_cid}")["status"] == "Running"
+
+    meta = {"director": "d", "deployment": "cf", "job": "router", "index": "0", "id": "abc", "name": "router/abc"}
+    assert ctx.call("set_vm_metadata", vm_cid, meta).ok() is None
+    inst = ctx.api(f"/1.0/instances/{vm_cid}")
+    assert inst["config"]["user.bosh.deployment"] == "cf"
+    assert inst["config"]["user.bosh.job"] == "router"
+    assert inst["description"] == "cf/router/abc"
+
+    assert ctx.call("delete_vm", vm_cid).ok() is None
+    assert ctx.call("has_vm", vm_cid).ok() is False
+    assert vm_cid not in ctx.instances()
+    assert not [v for v in ctx.volumes() if vm_cid[3:] in v]
+    # Deleting again is not an error.
+    assert ctx.call("delete_vm", vm_cid).ok() is None
+
+
+def test_v1_create_vm_returns_only_the_cid(daemon, warden_stemcell):
+    resp = daemon.call("create_vm", "agent-v1", warden_stemcell, {}, network(daemon, 22), [], {}, api_version=1)
+    vm_cid = resp.ok()
+    assert isinstance(vm_cid, str) and vm_cid.startswith("vm-")
+    daemon.call("delete_vm", vm_cid).ok()
+
+
+def test_missing_objects_give_typed_errors(daemon):
+    ghost = "vm-00000000-0000-4000-8000-000000000000"
+    assert daemon.call("has_vm", ghost).ok() is False
+    assert daemon.call("reboot_vm", ghost).error_type == "Bosh::Clouds::VMNotFound"
+    assert daemon.call("set_vm_metadata", ghost, {"a": "b"}).error_type == "Bosh::Clouds::VMNotFound"
+    assert daemon.call("delete_vm", ghost).ok() is None
+    assert daemon.call("delete_stemcell", "img-00000000-0000-4000-8000-000000000000").ok() is None
+    resp = daemon.call("create_vm", "a", "img-00000000-0000-4000-8000-000000000000", {}, {}, [], {})
+    assert resp.error_type == "Bosh::Clouds::VMCreationFailed"
+    assert "not found" in resp.error["message"]
+
+
+def test_same_image_uploaded_twice_is_stored_once(daemon, test_stemcells, warden_stemcell):
+    d = test_stemcells["warden"]
+    before = daemon.images()
+    second = daemon.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+    assert second != warden_stemcell
+    assert daemon.images() == before
+    # Deleting one stemcell keeps the image for the other.
+    assert daemon.call("delete_stemcell", second).ok() is None
+    assert daemon.images() == before
+
+
+def test_delete_stemcell_refuses_while_a_vm_uses_it(daemon, test_stemcells):
+    d = test_stemcells["warden"]
+    # A distinct image (different manifest version -> different metadata -> different fingerprint).
+    props = {**stemcells.cloud_properties(d), "version": "9.9"}
+    cid = daemon.call("create_stemcell", str(d / "image"), props).ok()
+    vm_cid, _ = daemon.call("create_vm", "agent-sc", cid, {}, network(daemon, 23), [], {}).ok()
+    resp = daemon.call("delete_stemcell", cid)
+    assert resp.error_type == "Bosh::Clouds::CloudError"
+    assert vm_cid in resp.error["message"]
+    daemon.call("delete_vm", vm_cid).ok()
+    assert daemon.call("delete_stemcell", cid).ok() is None
+    assert daemon.api(f"/1.0/images/aliases/{cid}") is None
+
+
+@pytest.mark.parametrize("step", ["volumes", "instance", "settings", "start"])
+def test_failure_in_each_create_vm_step_leaves_nothing(daemon, warden_stemcell, step):
+    before_instances, before_volumes = set(daemon.instances()), set(daemon.volumes())
+    resp = daemon.call("create_vm", "agent-fail", warden_stemcell, {"ephemeral_disk": 64}, network(daemon, 24), [],
+                       {}, env={"BOSHCPI_FAIL_AT": step})
+    assert resp.error_type == "Bosh::Clouds::VMCreationFailed"
+    assert step in resp.error["message"]
+    assert set(daemon.instances()) == before_instances
+    assert set(daemon.volumes()) == before_volumes
+
+
+def test_vm_stemcell_imports_and_vm_creation_fails_cleanly_without_vm_support(daemon, test_stemcells):
+    for fmt in ("qcow2", "raw"):
+        d = test_stemcells[f"vm-{fmt}"]
+        cid = daemon.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+        fingerprint = daemon.api(f"/1.0/images/aliases/{cid}")["target"]
+        image = daemon.api(f"/1.0/images/{fingerprint}")
+        assert image["type"] == "virtual-machine"
+        assert image["properties"]["bosh.stemcell.kind"] == "vm"
+        before_volumes = set(daemon.volumes())
+        resp = daemon.call("create_vm", "agent-vm", cid, {"ephemeral_disk": 64}, network(daemon, 25), [], {})
+        server = daemon.api("/1.0")
+        vm_capable = "virtual-machine" in server["environment"].get("instance_types", [])
+        if resp.error is None:
+            assert vm_capable, "VM creation succeeded on a host that reports no VM support"
+            vm_cid = resp.result[0]
+            devices = daemon.api(f"/1.0/instances/{vm_cid}")["devices"]
+            assert "cfg" in devices and "eph" in devices
+            daemon.call("delete_vm", vm_cid).ok()
+        else:
+            assert resp.error_type == "Bosh::Clouds::VMCreationFailed"
+        # Either way nothing of the attempt is left: no instance, no ephemeral or config volume.
+        assert not [i for i in daemon.instances() if i.startswith("vm-")]
+        assert set(daemon.volumes()) == before_volumes
+        assert daemon.call("delete_stemcell", cid).ok() is None
