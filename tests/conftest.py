@@ -14,17 +14,20 @@ from typing import Any
 
 import pytest
 
-from tests import stemcells
+from boshcpi import devstemcell as stemcells
 from tests.helpers import Response, call
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 RUN_ID = uuid.uuid4().hex[:6]
 
 DAEMONS = {
-    "lxd": {"cli": "lxc", "socket": "/var/lib/lxd/unix.socket", "network": "boshcpi-lxdbr0",
-            "subnet": "10.245.10"},
-    "incus": {"cli": "incus", "socket": "/var/lib/incus/unix.socket", "network": "boshcpi-incbr0",
-              "subnet": "10.245.20"},
+    "lxd": {"cli": "lxc", "socket": "/var/lib/lxd/unix.socket", "network": "boshcpi-lxdbr0", "subnet": "10.245.10"},
+    "incus": {
+        "cli": "incus",
+        "socket": "/var/lib/incus/unix.socket",
+        "network": "boshcpi-incbr0",
+        "subnet": "10.245.20",
+    },
 }
 POOL = "boshcpi-btrfs"
 
@@ -92,10 +95,13 @@ def _project_teardown(cli: str, project: str) -> None:
     for vol in q(f"/1.0/storage-pools/{POOL}/volumes/custom?project={project}&recursion=1") or []:
         for snap in q(f"/1.0/storage-pools/{POOL}/volumes/custom/{vol['name']}/snapshots?project={project}") or []:
             name = snap.rsplit("/", 1)[-1].split("?")[0]
-            subprocess.run([cli, "--project", project, "storage", "volume", "delete", POOL,
-                            f"{vol['name']}/{name}"], capture_output=True)
-        subprocess.run([cli, "--project", project, "storage", "volume", "delete", POOL, vol["name"]],
-                       capture_output=True)
+            subprocess.run(
+                [cli, "--project", project, "storage", "volume", "delete", POOL, f"{vol['name']}/{name}"],
+                capture_output=True,
+            )
+        subprocess.run(
+            [cli, "--project", project, "storage", "volume", "delete", POOL, vol["name"]], capture_output=True
+        )
     subprocess.run([cli, "project", "delete", project], capture_output=True)
 
 
@@ -104,16 +110,40 @@ def _lxd_context(kind: str, tmp_path_factory: pytest.TempPathFactory):
         pytest.fail(f"{kind} is not running: run `make host` (make test does it)")
     d = DAEMONS[kind]
     project = f"boshcpi-t{RUN_ID}"
-    subprocess.run([d["cli"], "project", "create", project, "-c", "features.images=true",
-                    "-c", "features.profiles=true", "-c", "features.storage.volumes=true"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            d["cli"],
+            "project",
+            "create",
+            project,
+            "-c",
+            "features.images=true",
+            "-c",
+            "features.profiles=true",
+            "-c",
+            "features.storage.volumes=true",
+        ],
+        check=True,
+        capture_output=True,
+    )
     tmp = tmp_path_factory.mktemp(f"{kind}-ctx")
     config = {
-        "server": {"type": kind, "url": f"unix://{d['socket']}", "project_name": project,
-                   "profile_name": "default", "network_name": d["network"], "storage_pool_name": POOL},
-        "agent": {"mbus": "nats://nats-user:mbus-s3cret-pw@10.245.0.11:4222", "ntp": ["10.245.0.1"],
-                  "blobstore": {"provider": "dav", "options": {"endpoint": "http://10.245.0.11:25250",
-                                                               "user": "agent", "password": "blob-s3cret-pw"}}},
+        "server": {
+            "type": kind,
+            "url": f"unix://{d['socket']}",
+            "project_name": project,
+            "profile_name": "default",
+            "network_name": d["network"],
+            "storage_pool_name": POOL,
+        },
+        "agent": {
+            "mbus": "nats://nats-user:mbus-s3cret-pw@10.245.0.11:4222",
+            "ntp": ["10.245.0.1"],
+            "blobstore": {
+                "provider": "dav",
+                "options": {"endpoint": "http://10.245.0.11:25250", "user": "agent", "password": "blob-s3cret-pw"},
+            },
+        },
     }
     config_path = tmp / "cpi.json"
     config_path.write_text(json.dumps(config))

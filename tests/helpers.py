@@ -32,14 +32,16 @@ class Response:
         return self.result
 
 
-def raw_call(config: Path | str | None, payload: bytes | str, env: dict[str, str] | None = None,
-             timeout: float = 600) -> Response:
+def raw_call(
+    config: Path | str | None, payload: bytes | str, env: dict[str, str] | None = None, timeout: float = 600
+) -> Response:
     args = [*BOSHCPI, "cpi"]
     if config:
         args += ["--config", str(config)]
     data = payload.encode() if isinstance(payload, str) else payload
-    proc = subprocess.run(args, input=data, capture_output=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    proc = subprocess.run(
+        args, input=data, capture_output=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT
+    )
     out = proc.stdout.decode()
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected exactly one response line, got {out!r}\nstderr: {proc.stderr.decode()}"
@@ -49,10 +51,19 @@ def raw_call(config: Path | str | None, payload: bytes | str, env: dict[str, str
     return Response(doc["result"], doc["error"], doc["log"], proc.stderr.decode(), out, proc.returncode)
 
 
-def call(config: Path | str | None, method: str, *arguments: Any, api_version: int | None = 2,
-         context: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Response:
-    request: dict[str, Any] = {"method": method, "arguments": list(arguments),
-                               "context": context or {"director_uuid": "test-director", "request_id": "r1"}}
+def call(
+    config: Path | str | None,
+    method: str,
+    *arguments: Any,
+    api_version: int | None = 2,
+    context: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> Response:
+    request: dict[str, Any] = {
+        "method": method,
+        "arguments": list(arguments),
+        "context": context or {"director_uuid": "test-director", "request_id": "r1"},
+    }
     if api_version is not None:
         request["api_version"] = api_version
     return raw_call(config, json.dumps(request), env=env)

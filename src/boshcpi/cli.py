@@ -1,10 +1,10 @@
 """`boshcpi` subcommands. Each imports its module only when it runs: the CPI starts once per call.
 
-    boshcpi cpi --config PATH        one request on stdin, one response on stdout
-    boshcpi throttle --config PATH   lease server
-    boshcpi cleanup --config PATH [--apply] [--older-than 1h] [--json]
-    boshcpi doctor --config PATH     preflight checks
-    boshcpi init --config PATH       idempotent host set-up
+boshcpi cpi --config PATH        one request on stdin, one response on stdout
+boshcpi throttle --config PATH   lease server
+boshcpi cleanup --config PATH [--apply] [--older-than 1h] [--json]
+boshcpi doctor --config PATH     preflight checks
+boshcpi init --config PATH       idempotent host set-up
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _option(argv: list[str], name: str) -> str | None:
 
 def run_cpi(argv: list[str]) -> int:
     from boshcpi import log
-    from boshcpi.protocol import BoshError, CloudError, failure, parse_request, success
+    from boshcpi.protocol import BoshError, CloudError, failure, success
 
     config_path = _option(argv, "--config") or os.environ.get("BOSHCPI_CONFIG")
     try:
@@ -41,7 +41,7 @@ def run_cpi(argv: list[str]) -> int:
         e.message = log.redact(e.message)
         log.info(f"error {e.error_type}: {e.message}")
         out = failure(e, log.condensed())
-    except Exception as e:  # noqa: BLE001 - the envelope must always be written
+    except Exception as e:
         import traceback
 
         log.warn("unexpected failure:\n" + "".join(traceback.format_exception(e)).rstrip())
@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         from boshcpi.hostinit import main as init_main
 
         return init_main(rest)
+    if command == "demo":
+        from boshcpi.demo import main as demo_main
+
+        return demo_main(rest)
     if command == "check-config":
         return _check_config(rest)
     sys.stderr.write(f"boshcpi: unknown command {command!r}\n{USAGE.strip()}\n")
@@ -114,10 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_config(argv: list[str]) -> int:
     """`boshcpi check-config --config PATH`: load and print the effective configuration."""
-    import dataclasses
-    import json
-
     from boshcpi import config as cfgmod
+    from boshcpi import fastjson
     from boshcpi.protocol import CpiError
 
     path = _option(argv, "--config") or os.environ.get("BOSHCPI_CONFIG")
@@ -126,7 +128,7 @@ def _check_config(argv: list[str]) -> int:
     except CpiError as e:
         sys.stderr.write(f"config error: {e.message}\n")
         return 1
-    data = dataclasses.asdict(cfg)
+    data = cfg.as_dict()
     for section in ("server", "libvirt"):
         for key in ("tls_client_key",):
             if data[section].get(key):
@@ -136,8 +138,8 @@ def _check_config(argv: list[str]) -> int:
 
         for s in cfgmod.secrets_of(cfg):
             log.add_secret(s)
-        data = json.loads(log.redact(json.dumps(data)))
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        data = fastjson.loads(log.redact(fastjson.dumps(data)))
+    sys.stdout.write(fastjson.dumps(data, sort_keys=True) + "\n")
     return 0
 
 

@@ -5,27 +5,38 @@ Drivers never see the JSON envelope; the dispatcher never sees an LXD or libvirt
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Any
-
 from boshcpi.protocol import CpiError, NotImplementedByCpi
+from boshcpi.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass(frozen=True)
-class NetworkSpec:
+class NetworkSpec(Record):
     """One entry of create_vm's `networks` map, as the director sent it."""
 
+    __slots__ = ("cloud_properties", "default", "dns", "gateway", "ip", "mac", "name", "netmask", "raw", "type")
+    _defaults = {
+        "ip": "",
+        "netmask": "",
+        "gateway": "",
+        "dns": (),
+        "default": (),
+        "mac": "",
+        "cloud_properties": {},
+        "raw": {},
+    }
     name: str
     type: str
-    ip: str = ""
-    netmask: str = ""
-    gateway: str = ""
-    dns: tuple[str, ...] = ()
-    default: tuple[str, ...] = ()
-    mac: str = ""
-    cloud_properties: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)
+    ip: str
+    netmask: str
+    gateway: str
+    dns: tuple[str, ...]
+    default: tuple[str, ...]
+    mac: str
+    cloud_properties: dict[str, Any]
+    raw: dict[str, Any]
 
     @property
     def prefix_length(self) -> int | None:
@@ -38,8 +49,8 @@ class NetworkSpec:
         return bits.count("1")
 
 
-@dataclass(frozen=True)
-class StemcellSpec:
+class StemcellSpec(Record):
+    __slots__ = ("cloud_properties", "image_path")
     image_path: str
     cloud_properties: dict[str, Any]
 
@@ -80,41 +91,54 @@ class StemcellSpec:
         return fmt in ("files", "rootfs", "tgz") or infra in ("warden", "lxd-container", "container")
 
 
-@dataclass(frozen=True)
-class VMSpec:
+class VMSpec(Record):
+    __slots__ = ("agent_id", "cloud_properties", "disk_cids", "env", "networks", "raw_networks", "stemcell_cid")
+    _defaults = {"raw_networks": {}}
     agent_id: str
     stemcell_cid: str
     cloud_properties: dict[str, Any]
     networks: dict[str, NetworkSpec]
     disk_cids: tuple[str, ...]
     env: dict[str, Any]
-    raw_networks: dict[str, Any] = field(default_factory=dict)
+    raw_networks: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class DiskSpec:
+class DiskSpec(Record):
+    __slots__ = ("cloud_properties", "size_mb", "vm_cid")
     size_mb: int
     cloud_properties: dict[str, Any]
     vm_cid: str | None
 
 
-@dataclass(frozen=True)
-class VMResources:
+class VMResources(Record):
+    __slots__ = ("cpu", "ephemeral_disk_mb", "ram_mb")
     cpu: int
     ram_mb: int
     ephemeral_disk_mb: int
 
 
-_INSTANCE_TYPE = re.compile(r"^c(\d+)-m(\d+(?:\.\d+)?)$")
-
-
-@dataclass(frozen=True)
-class VMSize:
+class VMSize(Record):
     """Common VM cloud properties: cpus, memory (MiB), ephemeral disk (MiB)."""
 
-    cpus: int = 1
-    memory_mb: int = 1024
-    ephemeral_mb: int = 0
+    __slots__ = ("cpus", "ephemeral_mb", "memory_mb")
+    _defaults = {"cpus": 1, "memory_mb": 1024, "ephemeral_mb": 0}
+    cpus: int
+    memory_mb: int
+    ephemeral_mb: int
+
+
+def _instance_type(text: object) -> tuple[int, int] | None:
+    """'c2-m4' -> (2 cpus, 4096 MiB); None if not of that form."""
+    if not isinstance(text, str) or not text.startswith("c") or "-m" not in text:
+        return None
+    cpu, _, mem = text[1:].partition("-m")
+    try:
+        cpus, gib = int(cpu), float(mem)
+    except ValueError:
+        return None
+    if cpus < 1 or gib <= 0 or not cpu.isdigit():
+        return None
+    return cpus, int(gib * 1024)
 
 
 def parse_vm_size(props: dict[str, Any]) -> VMSize:
@@ -122,11 +146,10 @@ def parse_vm_size(props: dict[str, Any]) -> VMSize:
     cpus, memory = 1, 1024
     itype = props.get("instance_type")
     if itype is not None:
-        if not isinstance(itype, str) or not _INSTANCE_TYPE.match(itype):
+        parsed = _instance_type(itype)
+        if parsed is None:
             raise CpiError(f"cloud_properties.instance_type: expected the form 'c2-m4' (cpus, GiB), got {itype!r}")
-        m = _INSTANCE_TYPE.match(itype)
-        assert m
-        cpus, memory = int(m.group(1)), int(float(m.group(2)) * 1024)
+        cpus, memory = parsed
     cpus = _positive_int(props, "cpus", cpus)
     memory = _positive_int(props, "memory", memory)
     ephemeral = _positive_int(props, "ephemeral_disk", 0, allow_zero=True)
@@ -144,7 +167,9 @@ def _positive_int(props: dict[str, Any], key: str, default: int, allow_zero: boo
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        raise CpiError(f"cloud_properties.{key}: expected a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
+        raise CpiError(
+            f"cloud_properties.{key}: expected a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}"
+        )
     return value
 
 

@@ -7,12 +7,13 @@ Property names follow the Go LXD CPI so an operator can switch releases with the
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any
-
 from boshcpi.protocol import CpiError
+from boshcpi.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 # Instance config by stemcell line: the anchor's defaults (jammy boots BIOS/CSM, others UEFI
 # without secure boot). Keys are matched against the stemcell's os/name ("*" matches all).
@@ -21,7 +22,7 @@ DEFAULT_INSTANCE_CONFIG: dict[str, dict[str, str]] = {
     "*": {"security.secureboot": "false"},
 }
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 
 def parse_duration(text: str | int | float, path: str) -> float:
@@ -30,19 +31,23 @@ def parse_duration(text: str | int | float, path: str) -> float:
         raise CpiError(f"{path}: expected a duration like '2m' or '30s'")
     if isinstance(text, (int, float)):
         return float(text)
-    m = _DURATION.match(str(text))
-    if not m:
+    raw = str(text).strip()
+    unit = next((u for u in ("ms", "s", "m", "h") if raw.endswith(u)), "")
+    try:
+        value = float(raw[: len(raw) - len(unit)].strip())
+    except ValueError:
+        raise CpiError(f"{path}: expected a duration like '2m' or '30s', got {text!r}") from None
+    if value < 0:
         raise CpiError(f"{path}: expected a duration like '2m' or '30s', got {text!r}")
-    value, unit = float(m.group(1)), m.group(2) or "s"
-    return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    return value * _UNITS[unit or "s"]
 
 
 def _check_url(value: str, path: str) -> None:
-    if not (value.startswith("https://") or value.startswith("unix://")):
+    if value and not (value.startswith("https://") or value.startswith("unix://")):
         raise CpiError(f"{path}: expected https:// or unix:// URL, got {value!r}")
 
 
-def _one_of(*choices: str):
+def _one_of(*choices: str) -> Callable[[str, str], None]:
     def check(value: str, path: str) -> None:
         if value not in choices:
             raise CpiError(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
@@ -55,80 +60,119 @@ def _positive(value: int, path: str) -> None:
         raise CpiError(f"{path}: must be positive, got {value}")
 
 
-def _check(fn):
-    return field(metadata={"check": fn})
+class Section(Record):
+    """A config section: `_spec` maps each key to (kind, default, check)."""
+
+    _spec: dict[str, tuple[str, Any, Callable[[Any, str], None] | None]] = {}
+
+    def __init__(self, **values: Any) -> None:
+        for name, (_kind, default, _check) in self._spec.items():
+            if name not in values:
+                values[name] = default() if callable(default) else default
+        super().__init__(**values)
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    type: str = field(default="lxd", metadata={"check": _one_of("lxd", "incus")})
-    url: str = field(default="", metadata={"check": _check_url})
-    insecure_skip_verify: bool = False
-    tls_client_cert: str = ""
-    tls_client_key: str = ""
-    tls_server_cert: str = ""
-    project_name: str = "default"
-    profile_name: str = "default"
-    network_name: str = "lxdbr0"
-    storage_pool_name: str = "default"
-    target: str = ""
-    managed_network_assignment: str = field(default="static", metadata={"check": _one_of("static", "dhcp")})
-    instance_config: dict[str, dict[str, str]] = field(default_factory=lambda: dict(DEFAULT_INSTANCE_CONFIG))
-    predeploy_stemcell: bool = False
-    bios_path: str = ""
-    operation_timeout: str = "10m"
-    container_privileged: bool = True
+def _section(name: str, spec: dict[str, tuple[str, Any, Any]], doc: str) -> type[Section]:
+    return type(name, (Section,), {"__slots__": tuple(spec), "_spec": spec, "__doc__": doc})
 
 
-@dataclass(frozen=True)
-class AgentOptions:
-    mbus: str = ""
-    ntp: list[str] = field(default_factory=list)
-    blobstore: dict[str, Any] = field(default_factory=dict)
+ServerConfig = _section(
+    "ServerConfig",
+    {
+        "type": ("str", "lxd", _one_of("lxd", "incus")),
+        "url": ("str", "", _check_url),
+        "insecure_skip_verify": ("bool", False, None),
+        "tls_client_cert": ("str", "", None),
+        "tls_client_key": ("str", "", None),
+        "tls_server_cert": ("str", "", None),
+        "project_name": ("str", "default", None),
+        "profile_name": ("str", "default", None),
+        "network_name": ("str", "lxdbr0", None),
+        "storage_pool_name": ("str", "default", None),
+        "target": ("str", "", None),
+        "managed_network_assignment": ("str", "static", _one_of("static", "dhcp")),
+        "instance_config": ("strmaps", lambda: {k: dict(v) for k, v in DEFAULT_INSTANCE_CONFIG.items()}, None),
+        "predeploy_stemcell": ("bool", False, None),
+        "bios_path": ("str", "", None),
+        "operation_timeout": ("str", "10m", None),
+        "container_privileged": ("bool", True, None),
+    },
+    "`server`: the LXD/Incus endpoint and where the CPI puts things.",
+)
+
+AgentOptions = _section(
+    "AgentOptions",
+    {
+        "mbus": ("str", "", None),
+        "ntp": ("strlist", list, None),
+        "blobstore": ("object", dict, None),
+    },
+    "`agent`: what every agent's settings carry.",
+)
+
+AgentConfig = _section(
+    "AgentConfig",
+    {
+        "type": ("str", "FAT32", _one_of("FAT32", "CDROM")),
+        "label": ("str", "config-2", None),
+        "metadata_path": ("str", "ec2/latest/meta-data.json", None),
+        "userdata_path": ("str", "ec2/latest/user-data", None),
+        "filestore_path": ("str", "/var/vcap/store/agent-data", None),
+    },
+    "`agent_config`: the VM config drive.",
+)
+
+ThrottleConfig = _section(
+    "ThrottleConfig",
+    {
+        "enabled": ("bool", False, None),
+        "path": ("str", "/var/vcap/sys/run/lxd_cpi/throttle.sock", None),
+        "limit": ("int", 4, _positive),
+        "hold": ("str", "2m", None),
+    },
+    "`throttle_config`: leases around heavy calls.",
+)
+
+LibvirtConfig = _section(
+    "LibvirtConfig",
+    {
+        "uri": ("str", "qemu:///system", None),
+        "domain_type": ("str", "kvm", _one_of("kvm", "qemu")),
+        "storage_pool_name": ("str", "default", None),
+        "network_name": ("str", "default", None),
+        "bridge_name": ("str", "", None),
+        "tls_client_cert": ("str", "", None),
+        "tls_client_key": ("str", "", None),
+        "tls_ca_cert": ("str", "", None),
+        "domain_template": ("str", "", None),
+        "console_log_dir": ("str", "/var/log/boshcpi", None),
+        "machine_type": ("str", "pc", None),
+        "emulator": ("str", "", None),
+    },
+    "`libvirt`: the libvirt connection and where domains and volumes go.",
+)
 
 
-@dataclass(frozen=True)
-class AgentConfig:
-    type: str = field(default="FAT32", metadata={"check": _one_of("FAT32", "CDROM")})
-    label: str = "config-2"
-    metadata_path: str = "ec2/latest/meta-data.json"
-    userdata_path: str = "ec2/latest/user-data"
-    filestore_path: str = "/var/vcap/store/agent-data"
+class Config(Section):
+    """The whole cpi.json."""
 
-
-@dataclass(frozen=True)
-class ThrottleConfig:
-    enabled: bool = False
-    path: str = "/var/vcap/sys/run/lxd_cpi/throttle.sock"
-    limit: int = field(default=4, metadata={"check": _positive})
-    hold: str = "2m"
-
-
-@dataclass(frozen=True)
-class LibvirtConfig:
-    uri: str = "qemu:///system"
-    domain_type: str = field(default="kvm", metadata={"check": _one_of("kvm", "qemu")})
-    storage_pool_name: str = "default"
-    network_name: str = "default"
-    bridge_name: str = ""
-    tls_client_cert: str = ""
-    tls_client_key: str = ""
-    tls_ca_cert: str = ""
-    domain_template: str = ""
-    console_log_dir: str = "/var/log/boshcpi"
-    machine_type: str = "pc"
-    emulator: str = ""
-
-
-@dataclass(frozen=True)
-class Config:
-    driver: str = field(default="lxd", metadata={"check": _one_of("lxd", "libvirt")})
-    server: ServerConfig = field(default_factory=ServerConfig)
-    agent: AgentOptions = field(default_factory=AgentOptions)
-    agent_config: AgentConfig = field(default_factory=AgentConfig)
-    throttle_config: ThrottleConfig = field(default_factory=ThrottleConfig)
-    libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
-    debug: bool = False
+    __slots__ = ("agent", "agent_config", "debug", "driver", "libvirt", "server", "throttle_config")
+    _spec = {
+        "driver": ("str", "lxd", _one_of("lxd", "libvirt")),
+        "server": ("section", ServerConfig, None),
+        "agent": ("section", AgentOptions, None),
+        "agent_config": ("section", AgentConfig, None),
+        "throttle_config": ("section", ThrottleConfig, None),
+        "libvirt": ("section", LibvirtConfig, None),
+        "debug": ("bool", False, None),
+    }
+    driver: str
+    server: Any
+    agent: Any
+    agent_config: Any
+    throttle_config: Any
+    libvirt: Any
+    debug: bool
 
     @property
     def server_url(self) -> str:
@@ -147,40 +191,49 @@ class Config:
 
 CONFIG_SECTIONS = ("driver", "server", "agent", "agent_config", "throttle_config", "libvirt", "debug")
 
-# ---- building dataclasses from JSON with key-path errors ----------------------------------
-
-_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+# ---- building sections from JSON with key-path errors -------------------------------------
 
 
-def _coerce(annotation: str, value: Any, path: str) -> Any:
-    """Check `value` against a (string) annotation of the forms used above."""
-    ann = annotation.replace(" ", "")
-    if ann == "str":
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
+
+
+def _coerce(kind: str, value: Any, path: str) -> Any:
+    if kind == "str":
         if not isinstance(value, str):
             raise CpiError(f"{path}: expected a string, got {_kind(value)}")
         return value
-    if ann == "bool":
+    if kind == "bool":
         # BOSH properties rendered from ERB often arrive as "true"/"false" strings.
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if not isinstance(value, bool):
             raise CpiError(f"{path}: expected a boolean, got {_kind(value)}")
         return value
-    if ann == "int":
+    if kind == "int":
         if isinstance(value, str) and value.strip().isdigit():
             return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise CpiError(f"{path}: expected an integer, got {_kind(value)}")
         return value
-    if ann == "list[str]":
+    if kind == "strlist":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise CpiError(f"{path}: expected a list of strings, got {_kind(value)}")
         return list(value)
-    if ann == "dict[str,Any]":
+    if kind == "object":
         if not isinstance(value, dict):
             raise CpiError(f"{path}: expected an object, got {_kind(value)}")
         return dict(value)
-    if ann == "dict[str,dict[str,str]]":
+    if kind == "strmaps":
         if not isinstance(value, dict):
             raise CpiError(f"{path}: expected an object, got {_kind(value)}")
         out: dict[str, dict[str, str]] = {}
@@ -198,39 +251,30 @@ def _coerce(annotation: str, value: Any, path: str) -> Any:
                 inner[ik] = iv
             out[k] = inner
         return out
-    raise AssertionError(f"unsupported annotation {annotation}")  # pragma: no cover
+    raise AssertionError(f"unsupported kind {kind}")  # pragma: no cover
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number"}.get(type(value), type(value).__name__)
-
-
-def _build(cls: type, data: Any, path: str, base: Any = None) -> Any:
+def _build(cls: type[Section], data: Any, path: str, base: Section | None = None) -> Any:
     if not isinstance(data, dict):
         raise CpiError(f"{path or 'config'}: expected an object, got {_kind(data)}")
     current = base if base is not None else cls()
-    known = {f.name: f for f in fields(cls)}
+    spec = cls._spec
     changes: dict[str, Any] = {}
     for key, value in data.items():
-        key_path = f"{path}.{key}" if path else key
-        if key not in known:
-            raise CpiError(f"{key_path}: unknown key (known: {', '.join(sorted(known))})")
-        f = known[key]
-        default = getattr(current, key)
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in spec:
+            raise CpiError(f"{key_path}: unknown key (known: {', '.join(sorted(spec))})")
         if value is None:
             continue  # null means "use the default", as BOSH renders unset properties
-        if is_dataclass(default):
-            changes[key] = _build(type(default), value, key_path, base=default)
+        kind, default, check = spec[key]
+        if kind == "section":
+            changes[key] = _build(default, value, key_path, base=getattr(current, key))
             continue
-        value = _coerce(str(f.type), value, key_path)
-        check = f.metadata.get("check")
+        value = _coerce(kind, value, key_path)
         if check:
             check(value, key_path)
         changes[key] = value
-    return replace(current, **changes)
+    return current.replace(**changes) if changes else current
 
 
 def from_dict(data: Any, base: Config | None = None) -> Config:
@@ -252,8 +296,10 @@ def load(path: str | None) -> Config:
             text = fh.read()
     except OSError as e:
         raise CpiError(f"config {path}: cannot read: {e.strerror}") from None
+    from boshcpi import fastjson
+
     try:
-        data = json.loads(text)
+        data = fastjson.loads(text)
     except ValueError as e:
         raise CpiError(f"config {path}: invalid JSON: {e}") from None
     return from_dict(data)
@@ -279,11 +325,12 @@ def secrets_of(cfg: Config) -> list[str]:
 
 
 def url_credentials(url: str) -> list[str]:
-    m = re.match(r"^[a-z][a-z0-9+.-]*://([^/@]*)@", url or "")
-    if not m:
+    """['password', 'user:password'] of a URL like nats://user:password@host:4222."""
+    scheme, sep, rest = (url or "").partition("://")
+    if not sep or not scheme or "@" not in rest.split("/", 1)[0]:
         return []
-    userinfo = m.group(1)
-    user, _, password = userinfo.partition(":")
+    userinfo = rest.split("/", 1)[0].rpartition("@")[0]
+    _user, _, password = userinfo.partition(":")
     return [password, userinfo] if password else [userinfo]
 
 

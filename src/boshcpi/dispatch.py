@@ -6,20 +6,23 @@ errors are the caller's fault and answer Bosh::Clouds::CpiError naming the metho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
-
 from boshcpi.protocol import CpiError, NotImplementedByCpi, Request, shape_result
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from boshcpi.cloud import Cloud
 
 
-@dataclass(frozen=True)
 class Arg:
-    name: str
-    kind: str  # "str", "int", "dict", "list", "strmap"
-    nullable: bool = False
+    """One argument of a method: its name, kind (str, int, dict, list) and whether null is allowed."""
+
+    __slots__ = ("kind", "name", "nullable")
+
+    def __init__(self, name: str, kind: str, nullable: bool = False) -> None:
+        self.name, self.kind, self.nullable = name, kind, nullable
 
 
 # The contract table. Arguments that are nullable may also be left out at the end of the list.
@@ -40,7 +43,11 @@ METHODS: dict[str, tuple[Arg, ...]] = {
     "reboot_vm": (Arg("vm_cid", "str"),),
     "set_vm_metadata": (Arg("vm_cid", "str"), Arg("metadata", "dict", nullable=True)),
     "calculate_vm_cloud_properties": (Arg("vm_resources", "dict"),),
-    "create_disk": (Arg("size", "int"), Arg("cloud_properties", "dict", nullable=True), Arg("vm_cid", "str", nullable=True)),
+    "create_disk": (
+        Arg("size", "int"),
+        Arg("cloud_properties", "dict", nullable=True),
+        Arg("vm_cid", "str", nullable=True),
+    ),
     "delete_disk": (Arg("disk_cid", "str"),),
     "has_disk": (Arg("disk_cid", "str"),),
     "attach_disk": (Arg("vm_cid", "str"), Arg("disk_cid", "str")),
@@ -64,8 +71,14 @@ _KIND_NAMES = {"str": "a string", "int": "an integer", "dict": "an object", "lis
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def _check(method: str, index: int, arg: Arg, value: Any) -> Any:
@@ -107,7 +120,7 @@ def check_arguments(method: str, arguments: list[Any]) -> list[Any]:
         want = str(len(spec)) if required == len(spec) else f"{required} to {len(spec)}"
         raise CpiError(f"{method}: expected {want} arguments ({names}), got {len(arguments)}")
     values = list(arguments) + [None] * (len(spec) - len(arguments))
-    return [_check(method, i, a, v) for i, (a, v) in enumerate(zip(spec, values))]
+    return [_check(method, i, a, v) for i, (a, v) in enumerate(zip(spec, values, strict=True))]
 
 
 def _string_list(method: str, name: str, value: list[Any] | None) -> tuple[str, ...]:
@@ -178,7 +191,9 @@ def _resources(value: dict[str, Any]):
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise CpiError(f"calculate_vm_cloud_properties: vm_resources.{key} must be a non-negative integer, got {_type_name(v)}")
+            raise CpiError(
+                f"calculate_vm_cloud_properties: vm_resources.{key} must be a non-negative integer, got {_type_name(v)}"
+            )
         return v
 
     return VMResources(cpu=num("cpu") or 1, ram_mb=num("ram") or 1, ephemeral_disk_mb=num("ephemeral_disk_size", False))

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import os
-import re
-import uuid
 
 VM_PREFIX = "vm-"
 STEMCELL_PREFIX = "img-"
@@ -14,15 +12,26 @@ EPHEMERAL_PREFIX = "vol-e-"
 CONFIG_PREFIX = "vol-c-"
 SNAPSHOT_MARK = "snap-"
 
-_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-VM_CID = re.compile(rf"^vm-({_UUID})$")
-DISK_CID = re.compile(rf"^vol-p-({_UUID})$")
-STEMCELL_CID = re.compile(rf"^img-({_UUID})$")
-SNAPSHOT_CID = re.compile(rf"^(vol-p-{_UUID})@(snap-[0-9a-f]{{12}})$")
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_uuid(text: str) -> bool:
+    parts = text.split("-")
+    return [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(c in _HEX for p in parts for c in p)
+
+
+def is_cid(text: str, prefix: str) -> bool:
+    """True for `<prefix><uuid>`, e.g. is_cid('vm-…', VM_PREFIX)."""
+    return text.startswith(prefix) and is_uuid(text[len(prefix) :])
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID, without the `uuid` module's import cost."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_vm_cid() -> str:
@@ -63,8 +72,18 @@ def new_snapshot_cid(disk_cid: str) -> str:
 
 
 def split_snapshot_cid(snapshot_cid: str) -> tuple[str, str] | None:
-    m = SNAPSHOT_CID.match(snapshot_cid)
-    return (m.group(1), m.group(2)) if m else None
+    """(disk_cid, snapshot name) of `vol-p-<uuid>@snap-<12 hex>`, or None."""
+    disk, sep, snap = snapshot_cid.partition("@")
+    tail = snap[len(SNAPSHOT_MARK) :]
+    if (
+        sep
+        and is_cid(disk, PERSISTENT_PREFIX)
+        and snap.startswith(SNAPSHOT_MARK)
+        and len(tail) == 12
+        and all(c in _HEX for c in tail)
+    ):
+        return disk, snap
+    return None
 
 
 def persistent_device(disk_cid: str) -> str:
@@ -81,6 +100,9 @@ def random_mac(prefix: str = "00:16:3e") -> str:
     return prefix + "".join(f":{b:02x}" for b in tail)
 
 
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
 def metadata_key(key: str) -> str:
     """A BOSH metadata key as an LXD config key suffix: lower-case [a-z0-9_.-]."""
-    return re.sub(r"[^a-z0-9_.-]", "_", key.lower())
+    return "".join(c if c in _KEY_CHARS else "_" for c in key.lower())

@@ -6,9 +6,11 @@ exceptions below, each bound to the BOSH error type the director acts on.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any
+from boshcpi import fastjson
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # ---- errors -------------------------------------------------------------------------------
 
@@ -86,12 +88,18 @@ class StemcellNotFound(CloudError):
 # ---- requests -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Request:
-    method: str
-    arguments: list[Any]
-    context: dict[str, Any] = field(default_factory=dict)
-    api_version: int = 1
+    """One parsed request envelope."""
+
+    __slots__ = ("api_version", "arguments", "context", "method")
+
+    def __init__(
+        self, method: str, arguments: list[Any], context: dict[str, Any] | None = None, api_version: int = 1
+    ) -> None:
+        self.method = method
+        self.arguments = arguments
+        self.context = context or {}
+        self.api_version = api_version
 
     @property
     def stemcell_api_version(self) -> int:
@@ -106,8 +114,8 @@ class Request:
 def parse_request(raw: str | bytes) -> Request:
     """Parse one request envelope; every defect is a CpiError with the director's wording."""
     try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        payload = fastjson.loads(raw)
+    except ValueError:
         raise CpiError("Must provide valid JSON payload") from None
     if not isinstance(payload, dict):
         raise CpiError("Must provide valid JSON payload")
@@ -139,13 +147,13 @@ def parse_request(raw: str | bytes) -> Request:
 
 def success(result: Any, log: str = "") -> str:
     try:
-        return json.dumps({"result": result, "error": None, "log": log})
+        return fastjson.dumps({"result": result, "error": None, "log": log})
     except (TypeError, ValueError):
         return failure(CpiError("Failed to serialize result"), log)
 
 
 def failure(error: BoshError, log: str = "") -> str:
-    return json.dumps(
+    return fastjson.dumps(
         {
             "result": None,
             "error": {

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests import stemcells
+from boshcpi import devstemcell as stemcells
 
 pytestmark = pytest.mark.lxd
 
@@ -15,9 +15,17 @@ SECRETS = ("mbus-s3cret-pw", "blob-s3cret-pw", "env-s3cret-pw")
 
 
 def network(ctx, ip_last: int) -> dict:
-    return {"default": {"type": "manual", "ip": f"{ctx.subnet}.{ip_last}", "netmask": "255.255.255.0",
-                        "gateway": f"{ctx.subnet}.1", "dns": [f"{ctx.subnet}.1"], "default": ["dns", "gateway"],
-                        "cloud_properties": {}}}
+    return {
+        "default": {
+            "type": "manual",
+            "ip": f"{ctx.subnet}.{ip_last}",
+            "netmask": "255.255.255.0",
+            "gateway": f"{ctx.subnet}.1",
+            "dns": [f"{ctx.subnet}.1"],
+            "default": ["dns", "gateway"],
+            "cloud_properties": {},
+        }
+    }
 
 
 ENV = {"bosh": {"password": "env-s3cret-pw", "group": "cf-router"}}
@@ -40,8 +48,9 @@ def assert_no_secrets(*texts: str) -> None:
 def test_container_lifecycle(daemon, warden_stemcell):
     ctx = daemon
     net = network(ctx, 21)
-    resp = ctx.call("create_vm", "agent-life", warden_stemcell, {"instance_type": "c1-m1", "ephemeral_disk": 256},
-                    net, [], ENV)
+    resp = ctx.call(
+        "create_vm", "agent-life", warden_stemcell, {"instance_type": "c1-m1", "ephemeral_disk": 256}, net, [], ENV
+    )
     vm_cid, networks = resp.ok()
     assert_no_secrets(resp.stderr, resp.log, resp.stdout)
     assert vm_cid.startswith("vm-")
@@ -149,8 +158,16 @@ def test_delete_stemcell_refuses_while_a_vm_uses_it(daemon, test_stemcells):
 @pytest.mark.parametrize("step", ["volumes", "instance", "settings", "start"])
 def test_failure_in_each_create_vm_step_leaves_nothing(daemon, warden_stemcell, step):
     before_instances, before_volumes = set(daemon.instances()), set(daemon.volumes())
-    resp = daemon.call("create_vm", "agent-fail", warden_stemcell, {"ephemeral_disk": 64}, network(daemon, 24), [],
-                       {}, env={"BOSHCPI_FAIL_AT": step})
+    resp = daemon.call(
+        "create_vm",
+        "agent-fail",
+        warden_stemcell,
+        {"ephemeral_disk": 64},
+        network(daemon, 24),
+        [],
+        {},
+        env={"BOSHCPI_FAIL_AT": step},
+    )
     assert resp.error_type == "Bosh::Clouds::VMCreationFailed"
     assert step in resp.error["message"]
     assert set(daemon.instances()) == before_instances

@@ -3,9 +3,12 @@ ISO9660 ("CDROM") image labelled as `agent_config.label` says (config-2 by defau
 
 from __future__ import annotations
 
-from typing import Any
-
+from boshcpi import fastjson
 from boshcpi.agent import settings as agent_settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def build(settings: dict[str, Any], *, kind: str, label: str, userdata_path: str, metadata_path: str) -> bytes:
@@ -25,12 +28,10 @@ def build(settings: dict[str, Any], *, kind: str, label: str, userdata_path: str
 
 def read_settings(image: bytes, *, userdata_path: str) -> dict[str, Any]:
     """The settings back from a config drive image this module built (FAT32 or ISO9660)."""
-    import json
-
     if image[16 * 2048 + 1 : 16 * 2048 + 6] == b"CD001":
         from boshcpi.agent import iso9660
 
-        return json.loads(iso9660.read(image, userdata_path))
+        return fastjson.loads(iso9660.read(image, userdata_path))
     from boshcpi.agent import fat32
 
-    return json.loads(fat32.read(image, userdata_path))
+    return fastjson.loads(fat32.read(image, userdata_path))

@@ -15,7 +15,7 @@ _EOC = 0x0FFFFFFF
 
 
 def _short_name(name: str, taken: set[bytes], is_dir: bool) -> bytes:
-    base, dot, ext = name.rpartition(".") if "." in name and not is_dir else (name, "", "")
+    base, _dot, ext = name.rpartition(".") if "." in name and not is_dir else (name, "", "")
     clean = lambda s: "".join(c for c in s.upper() if c.isalnum() or c in "_-")  # noqa: E731
     b, e = clean(base)[:8], clean(ext)[:3]
     candidate = (b.ljust(8) + e.ljust(3)).encode()
@@ -147,8 +147,33 @@ def build(files: dict[str, bytes], label: str = "config-2") -> bytes:
     vol_label = label.encode()[:11].ljust(11)
     boot = struct.pack(
         "<3s8sHBHBHHBHHHIIIHHIHH12sBBBI11s8s",
-        b"\xeb\x58\x90", b"BOSHCPI ", SECTOR, 1, RESERVED, 2, 0, 0, 0xF8, 0, 32, 64, 0, total,
-        fat_sectors, 0, 0, 2, 1, 6, b"\x00" * 12, 0x80, 0, 0x29, 0x20000101, vol_label, b"FAT32   ",
+        b"\xeb\x58\x90",
+        b"BOSHCPI ",
+        SECTOR,
+        1,
+        RESERVED,
+        2,
+        0,
+        0,
+        0xF8,
+        0,
+        32,
+        64,
+        0,
+        total,
+        fat_sectors,
+        0,
+        0,
+        2,
+        1,
+        6,
+        b"\x00" * 12,
+        0x80,
+        0,
+        0x29,
+        0x20000101,
+        vol_label,
+        b"FAT32   ",
     )
     sector0 = bytearray(SECTOR)
     sector0[: len(boot)] = boot

@@ -38,7 +38,7 @@ def _rr(name: str | None, is_dir: bool, root_dot: bool = False) -> bytes:
         ident, desc, src = b"RRIP_1991A", b"THE ROCK RIDGE INTERCHANGE PROTOCOL", b"BOSHCPI"
         su += b"ER" + bytes([8 + len(ident) + len(desc) + len(src), 1, len(ident), len(desc), len(src), 1])
         su += ident + desc + src
-    mode = (0o040555 if is_dir else 0o100444)
+    mode = 0o040555 if is_dir else 0o100444
     su += b"PX" + bytes([36, 1]) + _both32(mode) + _both32(2 if is_dir else 1) + _both32(0) + _both32(0)
     if name is not None:
         raw = name.encode()
@@ -221,14 +221,19 @@ def read(image: bytes, path: str) -> bytes:
                 j += ln
             if ident not in (b"\x00", b"\x01"):
                 plain = ident.decode(errors="replace").split(";")[0].rstrip(".").lower()
-                yield name or plain, struct.unpack_from("<I", rec, 2)[0], struct.unpack_from("<I", rec, 10)[0], rec[25] & 2
+                yield (
+                    name or plain,
+                    struct.unpack_from("<I", rec, 2)[0],
+                    struct.unpack_from("<I", rec, 10)[0],
+                    rec[25] & 2,
+                )
             i += length
 
     root = image[16 * BLOCK + 156 : 16 * BLOCK + 190]
     extent, size = struct.unpack_from("<I", root, 2)[0], struct.unpack_from("<I", root, 10)[0]
     parts = [p for p in path.split("/") if p]
     for depth, part in enumerate(parts):
-        for name, ext, sz, is_dir in records(extent, size):
+        for name, ext, sz, _is_dir in records(extent, size):
             if name == part:
                 if depth == len(parts) - 1:
                     return image[ext * BLOCK : ext * BLOCK + sz]

@@ -6,9 +6,16 @@ into the config disk or the container's settings file, never into instance confi
 
 from __future__ import annotations
 
-import copy
-import json
-from typing import Any
+from boshcpi import fastjson
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _clone(value: Any) -> Any:
+    return fastjson.loads(fastjson.dumps(value))
+
 
 # Where warden-style stemcells' agents read their settings, and where persistent disks appear.
 CONTAINER_SETTINGS_PATH = "/var/vcap/bosh/warden-cpi-agent-env.json"
@@ -44,7 +51,7 @@ def build(
 
 def network_entry(raw: dict[str, Any], mac: str, preconfigured: bool) -> dict[str, Any]:
     """The director's network entry plus the MAC the CPI chose, in the agent's shape."""
-    entry = copy.deepcopy(raw)
+    entry = _clone(raw)
     entry.setdefault("type", "manual")
     entry.setdefault("default", [])
     entry.setdefault("dns", [])
@@ -55,21 +62,21 @@ def network_entry(raw: dict[str, Any], mac: str, preconfigured: bool) -> dict[st
 
 
 def attach_persistent(settings: dict[str, Any], disk_cid: str, hint: Any) -> dict[str, Any]:
-    out = copy.deepcopy(settings)
+    out = _clone(settings)
     out.setdefault("disks", {}).setdefault("persistent", {})[disk_cid] = hint
     return out
 
 
 def detach_persistent(settings: dict[str, Any], disk_cid: str) -> dict[str, Any]:
-    out = copy.deepcopy(settings)
+    out = _clone(settings)
     out.setdefault("disks", {}).setdefault("persistent", {}).pop(disk_cid, None)
     return out
 
 
 def dumps(settings: dict[str, Any]) -> bytes:
-    return json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+    return fastjson.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
 
 
 def metadata(vm_cid: str) -> bytes:
     """The small meta-data document that sits beside user-data on the config drive."""
-    return json.dumps({"instance-id": vm_cid, "hostname": vm_cid, "public-keys": {}}, sort_keys=True).encode()
+    return fastjson.dumps({"instance-id": vm_cid, "hostname": vm_cid, "public-keys": {}}, sort_keys=True).encode()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from boshcpi.cloud import Cloud
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from boshcpi.config import Config
     from boshcpi.protocol import Request

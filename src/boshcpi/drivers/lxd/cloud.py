@@ -6,20 +6,23 @@ volume), a warden-style image makes a privileged system container (settings push
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
-from urllib.parse import quote
 
-from boshcpi import log, naming
+from boshcpi import fastjson, log, naming
 from boshcpi.agent import settings as agent_settings
-from boshcpi.cloud import Cloud, DiskSpec, StemcellSpec, VMSpec, parse_vm_size
-from boshcpi.config import Config
+from boshcpi.cloud import Cloud, parse_vm_size
 from boshcpi.drivers import STEMCELL_FORMATS
-from boshcpi.drivers.lxd import images
-from boshcpi.drivers.lxd.client import LXDClient, LXDError
+from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote
 from boshcpi.drivers.lxd.errors import mapped, to_bosh
-from boshcpi.protocol import BoshError, CloudError, CpiError, Request, VMCreationFailed, VMNotFound
+from boshcpi.protocol import BoshError, CloudError, CpiError, VMCreationFailed, VMNotFound
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from boshcpi.cloud import DiskSpec, StemcellSpec, VMSpec
+    from boshcpi.config import Config
+    from boshcpi.protocol import Request
 
 EPHEMERAL_DEVICE = "eph"
 CONFIG_DEVICE = "cfg"
@@ -69,6 +72,8 @@ class LXDCloud(Cloud):
 
     # ---- stemcells -------------------------------------------------------------------------
     def create_stemcell(self, spec: StemcellSpec) -> str:
+        from boshcpi.drivers.lxd import images
+
         with mapped("create_stemcell"):
             fingerprint = images.upload(self.client, spec, self.cfg.operation_timeout)
             cid = images.create_alias(self.client, fingerprint, spec)
@@ -96,6 +101,8 @@ class LXDCloud(Cloud):
             log.info(f"predeployed {cid} on {member['server_name']}")
 
     def delete_stemcell(self, stemcell_cid: str) -> None:
+        from boshcpi.drivers.lxd import images
+
         images.delete(self.client, stemcell_cid)
 
     # ---- instances -------------------------------------------------------------------------
@@ -188,6 +195,17 @@ class LXDCloud(Cloud):
         return config
 
     def create_vm(self, spec: VMSpec) -> tuple[str, dict[str, Any]]:
+        from boshcpi.drivers.lxd import images
+
+        # Validate cloud properties before touching the daemon: bad input is the caller's fault.
+        size = parse_vm_size(spec.cloud_properties)
+        for key in ("config", "devices"):
+            value = spec.cloud_properties.get(key)
+            if value is not None and not isinstance(value, dict):
+                raise CpiError(f"cloud_properties.{key}: expected an object")
+        for name, dev in (spec.cloud_properties.get("devices") or {}).items():
+            if not isinstance(dev, dict):
+                raise CpiError(f"cloud_properties.devices.{name}: expected an object of device keys")
         with mapped("create_vm: stemcell"):
             fingerprint = images.find_alias(self.client, spec.stemcell_cid)
             image = images.image_info(self.client, fingerprint) if fingerprint else None
@@ -195,7 +213,6 @@ class LXDCloud(Cloud):
             raise VMCreationFailed(f"create_vm: stemcell {spec.stemcell_cid} not found", ok_to_retry=False)
         is_vm = image.get("type") == "virtual-machine"
         vm_cid = naming.new_vm_cid()
-        size = parse_vm_size(spec.cloud_properties)
         made_volumes: list[str] = []
         made_instance = False
         try:
@@ -270,8 +287,7 @@ class LXDCloud(Cloud):
                 raise VMCreationFailed(f"create_vm: {type(e).__name__}: {e}", ok_to_retry=False) from None
             raise
         networks_out = {
-            name: {**(spec.raw_networks.get(name) or {}), "mac": agent_networks[name]["mac"]}
-            for name in spec.networks
+            name: {**(spec.raw_networks.get(name) or {}), "mac": agent_networks[name]["mac"]} for name in spec.networks
         }
         log.info(f"created {'VM' if is_vm else 'container'} {vm_cid} from {spec.stemcell_cid}")
         return vm_cid, networks_out
@@ -333,7 +349,7 @@ class LXDCloud(Cloud):
 
     def read_container_settings(self, vm_cid: str) -> dict[str, Any]:
         with mapped("read agent settings", not_found=VMNotFound(f"VM {vm_cid} not found")):
-            return json.loads(self.client.pull_file(vm_cid, agent_settings.CONTAINER_SETTINGS_PATH))
+            return fastjson.loads(self.client.pull_file(vm_cid, agent_settings.CONTAINER_SETTINGS_PATH))
 
     def _delete_instance(self, vm_cid: str) -> dict[str, Any] | None:
         """Stop and delete an instance; return its last state (None if it was already gone)."""
@@ -345,9 +361,15 @@ class LXDCloud(Cloud):
             raise
         if inst.get("status") not in ("Stopped", None):
             try:
-                self.client.request("PUT", f"/1.0/instances/{vm_cid}/state", {"action": "stop", "force": True, "timeout": 30})
+                self.client.request(
+                    "PUT", f"/1.0/instances/{vm_cid}/state", {"action": "stop", "force": True, "timeout": 30}
+                )
             except LXDError as e:
-                if not e.not_found and "already stopped" not in e.message.lower() and "not running" not in e.message.lower():
+                if (
+                    not e.not_found
+                    and "already stopped" not in e.message.lower()
+                    and "not running" not in e.message.lower()
+                ):
                     raise
         try:
             self.client.request("DELETE", f"/1.0/instances/{quote(vm_cid)}")
@@ -379,7 +401,9 @@ class LXDCloud(Cloud):
     def reboot_vm(self, vm_cid: str) -> None:
         self._instance(vm_cid, "reboot_vm")
         with mapped("reboot_vm", not_found=VMNotFound(f"reboot_vm: VM {vm_cid} not found")):
-            self.client.request("PUT", f"/1.0/instances/{vm_cid}/state", {"action": "restart", "timeout": 30, "force": True})
+            self.client.request(
+                "PUT", f"/1.0/instances/{vm_cid}/state", {"action": "restart", "timeout": 30, "force": True}
+            )
 
     def set_vm_metadata(self, vm_cid: str, metadata: dict[str, str]) -> None:
         inst, etag = self._instance(vm_cid, "set_vm_metadata")
@@ -429,6 +453,11 @@ class LXDCloud(Cloud):
         from boshcpi.drivers.lxd import disks
 
         disks.resize(self, disk_cid, new_size_mb)
+
+    def update_disk(self, disk_cid: str, new_size_mb: int, cloud_properties: dict[str, Any]) -> str:
+        from boshcpi.drivers.lxd import disks
+
+        return disks.update(self, disk_cid, new_size_mb, cloud_properties)
 
     def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any]) -> str:
         from boshcpi.drivers.lxd import disks

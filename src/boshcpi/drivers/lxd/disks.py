@@ -3,17 +3,17 @@ resize, and volume snapshots whose cids name their disk (`<disk_cid>@snap-<hex>`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
-
 from boshcpi import log, naming
 from boshcpi.agent import settings as agent_settings
-from boshcpi.cloud import DiskSpec
-from boshcpi.drivers.lxd.client import LXDError
+from boshcpi.drivers.lxd.client import LXDError, quote
 from boshcpi.drivers.lxd.errors import mapped
-from boshcpi.protocol import CloudError, CpiError, DiskNotFound, VMNotFound
+from boshcpi.protocol import CloudError, CpiError, DiskNotFound, NotImplementedByCpi, VMNotFound
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
+    from boshcpi.cloud import DiskSpec
     from boshcpi.drivers.lxd.cloud import LXDCloud
 
 META = "user.bosh."
@@ -83,7 +83,9 @@ def create(cloud: LXDCloud, spec: DiskSpec) -> str:
             "config": {"size": f"{spec.size_mb}MiB", META + "kind": "persistent"},
             "description": "boshcpi persistent disk",
         }
-        cloud.client.request("POST", f"/1.0/storage-pools/{quote(pool)}/volumes/custom", body, params={"target": target})
+        cloud.client.request(
+            "POST", f"/1.0/storage-pools/{quote(pool)}/volumes/custom", body, params={"target": target}
+        )
     log.info(f"created {content} disk {cid} of {spec.size_mb} MiB in pool {pool}")
     return cid
 
@@ -153,8 +155,10 @@ def attach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> Any:
     device = naming.persistent_device(disk_cid)
     dev: dict[str, str] = {"type": "disk", "pool": pool, "source": disk_cid}
     if is_vm:
-        used = {str((h or {}).get("path", "")) if isinstance(h, dict) else str(h)
-                for h in (settings.get("disks") or {}).get("persistent", {}).values()}
+        used = {
+            str((h or {}).get("path", "")) if isinstance(h, dict) else str(h)
+            for h in (settings.get("disks") or {}).get("persistent", {}).values()
+        }
         path = next((p for p in VM_PERSISTENT_PATHS if p not in used), "")
         hint: Any = {"id": device, "path": path}
     else:
@@ -174,8 +178,11 @@ def attach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> Any:
         cloud._put_instance(vm_cid, inst2, etag2, "attach_disk")
         raise
     with mapped("attach_disk"):
-        cloud.client.request("PUT", _vol_path(pool, disk_cid), {"config": {**vol.get("config", {}), META + "vm": vm_cid},
-                                                                 "description": vol.get("description", "")})
+        cloud.client.request(
+            "PUT",
+            _vol_path(pool, disk_cid),
+            {"config": {**vol.get("config", {}), META + "vm": vm_cid}, "description": vol.get("description", "")},
+        )
     log.info(f"attached {disk_cid} to {vm_cid} as {hint}")
     return hint
 
@@ -198,7 +205,9 @@ def detach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> None:
     pool, vol = found
     config = {k: v for k, v in (vol.get("config") or {}).items() if k != META + "vm"}
     with mapped("detach_disk"):
-        cloud.client.request("PUT", _vol_path(pool, disk_cid), {"config": config, "description": vol.get("description", "")})
+        cloud.client.request(
+            "PUT", _vol_path(pool, disk_cid), {"config": config, "description": vol.get("description", "")}
+        )
 
 
 def attached(cloud: LXDCloud, vm_cid: str) -> list[str]:
@@ -221,13 +230,37 @@ def resize(cloud: LXDCloud, disk_cid: str, new_size_mb: int) -> None:
             return
         config = dict(vol.get("config") or {})
         config["size"] = f"{new_size_mb}MiB"
-        cloud.client.request("PUT", _vol_path(pool, disk_cid), {"config": config, "description": vol.get("description", "")})
+        cloud.client.request(
+            "PUT", _vol_path(pool, disk_cid), {"config": config, "description": vol.get("description", "")}
+        )
     log.info(f"resized {disk_cid} from {current} to {new_size_mb} MiB")
 
 
+def update(cloud: LXDCloud, disk_cid: str, new_size_mb: int, props: dict[str, Any]) -> str:
+    """A size change in place (same cid); a change of pool or type is a copy the director makes."""
+    with mapped("update_disk"):
+        pool, vol = _require(cloud, disk_cid, "update_disk")
+    wanted_pool = props.get("pool") or pool
+    wanted_type = props.get("type") or vol.get("content_type")
+    if wanted_pool != pool or wanted_type != vol.get("content_type"):
+        raise NotImplementedByCpi("update_disk: moving a disk to another pool or type is done by the director")
+    resize(cloud, disk_cid, new_size_mb)
+    return disk_cid
+
+
 def _size_mb(text: str) -> int:
-    units = {"": 1 / (1 << 20), "B": 1 / (1 << 20), "KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "TiB": 1 << 20,
-             "KB": 1000 / (1 << 20), "MB": 1e6 / (1 << 20), "GB": 1e9 / (1 << 20), "TB": 1e12 / (1 << 20)}
+    units = {
+        "": 1 / (1 << 20),
+        "B": 1 / (1 << 20),
+        "KiB": 1 / 1024,
+        "MiB": 1,
+        "GiB": 1024,
+        "TiB": 1 << 20,
+        "KB": 1000 / (1 << 20),
+        "MB": 1e6 / (1 << 20),
+        "GB": 1e9 / (1 << 20),
+        "TB": 1e12 / (1 << 20),
+    }
     text = str(text).strip()
     num = text.rstrip("KMGTiB")
     unit = text[len(num) :]
@@ -247,7 +280,9 @@ def snapshot(cloud: LXDCloud, disk_cid: str, metadata: dict[str, Any]) -> str:
         cloud.client.request("POST", f"{_vol_path(pool, disk_cid)}/snapshots", body)
         if desc:
             try:
-                cloud.client.request("PUT", f"{_vol_path(pool, disk_cid)}/snapshots/{name}", {"description": desc[:1000]})
+                cloud.client.request(
+                    "PUT", f"{_vol_path(pool, disk_cid)}/snapshots/{name}", {"description": desc[:1000]}
+                )
             except LXDError as e:
                 log.warn(f"snapshot {cid}: cannot record metadata: {e.message}")
     log.info(f"snapshot {cid} taken")

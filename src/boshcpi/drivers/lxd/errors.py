@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from boshcpi.drivers.lxd.client import LXDError
 from boshcpi.protocol import BoshError, CloudError, NoDiskSpace
 
 
-@contextmanager
-def mapped(action: str, not_found: BoshError | None = None) -> Iterator[None]:
-    """Turn LXDError into a BOSH error: 404 -> `not_found` (if given), no space -> NoDiskSpace,
-    an unreachable daemon -> CloudError with ok_to_retry, anything else -> CloudError."""
-    try:
-        yield
-    except LXDError as e:
-        raise to_bosh(e, action, not_found) from None
+class mapped:
+    """`with mapped(action, not_found=...)`: LXDError -> a BOSH error. 404 -> `not_found` (if given),
+    no space -> NoDiskSpace, an unreachable daemon -> CloudError with ok_to_retry, else CloudError."""
+
+    __slots__ = ("action", "not_found")
+
+    def __init__(self, action: str, not_found: BoshError | None = None) -> None:
+        self.action, self.not_found = action, not_found
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, LXDError):
+            raise to_bosh(exc, self.action, self.not_found) from None
+        return False
 
 
 def to_bosh(e: LXDError, action: str, not_found: BoshError | None = None) -> BoshError:

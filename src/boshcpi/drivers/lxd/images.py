@@ -11,11 +11,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from urllib.parse import quote, urlencode
 
 from boshcpi import log, naming, stemcell
 from boshcpi.cloud import StemcellSpec
-from boshcpi.drivers.lxd.client import LXDClient, LXDError
+from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote, urlencode
 from boshcpi.drivers.lxd.errors import mapped
 from boshcpi.protocol import CloudError, CpiError
 
@@ -41,7 +40,7 @@ def _metadata_yaml(spec: StemcellSpec, is_vm: bool) -> str:
 def _multipart(boundary: str, meta: bytes, rootfs_name: str, rootfs_path: str) -> Iterator[bytes]:
     def head(name: str) -> bytes:
         return (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
 

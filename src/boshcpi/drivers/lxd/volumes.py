@@ -10,9 +10,8 @@ import gzip
 import io
 import os
 import tarfile
-from urllib.parse import quote
 
-from boshcpi.drivers.lxd.client import LXDClient, LXDError
+from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote
 
 
 def _index_yaml(name: str, pool: str, size_mb: int, config: dict[str, str]) -> str:
@@ -40,7 +39,10 @@ def backup_tarball(name: str, pool: str, image: bytes, config: dict[str, str]) -
     padded = image + b"\x00" * (size_mb * (1 << 20) - len(image))
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for member, data in (("backup/index.yaml", _index_yaml(name, pool, size_mb, config).encode()), ("backup/volume.img", padded)):
+        for member, data in (
+            ("backup/index.yaml", _index_yaml(name, pool, size_mb, config).encode()),
+            ("backup/volume.img", padded),
+        ):
             info = tarfile.TarInfo(member)
             info.size, info.mode, info.mtime = len(data), 0o600, 946684800
             tf.addfile(info, io.BytesIO(data))

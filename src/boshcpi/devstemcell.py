@@ -3,7 +3,7 @@
 - warden-style: a gzipped busybox root filesystem tarball plus stemcell.MF (system containers);
 - VM: `image` is a gzipped tar holding `root.img` (raw or qcow2) plus stemcell.MF.
 
-`python -m tests.stemcells DIR` builds all of them into DIR. Builds are cached by content.
+`python -m boshcpi.devstemcell DIR` builds all of them into DIR. Builds are cached by content.
 """
 
 from __future__ import annotations
@@ -17,8 +17,32 @@ import tarfile
 from pathlib import Path
 
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "ls", "cat", "mount", "umount", "mkdir", "ip", "ifconfig", "udhcpc", "sleep", "echo", "df",
-           "route", "hostname", "ps", "kill", "grep", "sync", "poweroff", "reboot", "halt", "init", "dd", "stat")
+APPLETS = (
+    "sh",
+    "ls",
+    "cat",
+    "mount",
+    "umount",
+    "mkdir",
+    "ip",
+    "ifconfig",
+    "udhcpc",
+    "sleep",
+    "echo",
+    "df",
+    "route",
+    "hostname",
+    "ps",
+    "kill",
+    "grep",
+    "sync",
+    "poweroff",
+    "reboot",
+    "halt",
+    "init",
+    "dd",
+    "stat",
+)
 
 INIT_RCS = """#!/bin/sh
 mount -t proc proc /proc 2>/dev/null
@@ -44,8 +68,9 @@ exit 0
 INITTAB = "::sysinit:/etc/init.d/rcS\n::respawn:/bin/sleep 3600\n::shutdown:/bin/sync\n"
 
 
-def _add(tf: tarfile.TarFile, name: str, data: bytes | None = None, mode: int = 0o644, kind: str = "file",
-         target: str = "") -> None:
+def _add(
+    tf: tarfile.TarFile, name: str, data: bytes | None = None, mode: int = 0o644, kind: str = "file", target: str = ""
+) -> None:
     info = tarfile.TarInfo(name)
     info.mtime = 946684800
     info.mode = mode
@@ -67,8 +92,25 @@ def warden_rootfs(dest: Path) -> Path:
     with open(BUSYBOX, "rb") as fh:
         busybox = fh.read()
     with tarfile.open(dest, "w:gz", format=tarfile.GNU_FORMAT, compresslevel=6) as tf:
-        for d in ("bin", "sbin", "etc", "etc/init.d", "dev", "proc", "sys", "tmp", "run", "root", "var",
-                  "var/vcap", "var/vcap/bosh", "var/vcap/data", "usr", "usr/bin", "usr/sbin"):
+        for d in (
+            "bin",
+            "sbin",
+            "etc",
+            "etc/init.d",
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "run",
+            "root",
+            "var",
+            "var/vcap",
+            "var/vcap/bosh",
+            "var/vcap/data",
+            "usr",
+            "usr/bin",
+            "usr/sbin",
+        ):
             _add(tf, d, kind="dir", mode=0o1777 if d == "tmp" else 0o755)
         _add(tf, "bin/busybox", busybox, mode=0o755)
         for applet in APPLETS:
@@ -84,22 +126,47 @@ def warden_rootfs(dest: Path) -> Path:
 
 
 def manifest(name: str, version: str, cloud_properties: dict[str, str]) -> str:
-    lines = [f"name: {name}", f"version: '{version}'", "api_version: 3", "bosh_protocol: '1'",
-             "operating_system: ubuntu-jammy", "stemcell_formats: [" + cloud_properties.pop("_formats") + "]",
-             "cloud_properties:"]
+    lines = [
+        f"name: {name}",
+        f"version: '{version}'",
+        "api_version: 3",
+        "bosh_protocol: '1'",
+        "operating_system: ubuntu-jammy",
+        "stemcell_formats: [" + cloud_properties.pop("_formats") + "]",
+        "cloud_properties:",
+    ]
     lines += [f"  {k}: {v}" for k, v in cloud_properties.items()]
     return "\n".join(lines) + "\n"
 
 
-WARDEN_PROPERTIES = {"name": "bosh-warden-boshcpi-test", "version": "1.0", "infrastructure": "warden",
-                     "hypervisor": "boshlite", "disk": "1024", "disk_format": "files", "container_format": "bare",
-                     "os_type": "linux", "os_distro": "ubuntu-jammy", "architecture": "x86_64"}
+WARDEN_PROPERTIES = {
+    "name": "bosh-warden-boshcpi-test",
+    "version": "1.0",
+    "infrastructure": "warden",
+    "hypervisor": "boshlite",
+    "disk": "1024",
+    "disk_format": "files",
+    "container_format": "bare",
+    "os_type": "linux",
+    "os_distro": "ubuntu-jammy",
+    "architecture": "x86_64",
+}
 
 
 def vm_properties(fmt: str) -> dict[str, str]:
-    return {"name": "bosh-openstack-kvm-boshcpi-test", "version": "1.0", "infrastructure": "openstack",
-            "hypervisor": "kvm", "disk": "64", "disk_format": fmt, "container_format": "bare",
-            "os_type": "linux", "os_distro": "ubuntu-jammy", "architecture": "x86_64", "auto_disk_config": "true"}
+    return {
+        "name": "bosh-openstack-kvm-boshcpi-test",
+        "version": "1.0",
+        "infrastructure": "openstack",
+        "hypervisor": "kvm",
+        "disk": "64",
+        "disk_format": fmt,
+        "container_format": "bare",
+        "os_type": "linux",
+        "os_distro": "ubuntu-jammy",
+        "architecture": "x86_64",
+        "auto_disk_config": "true",
+    }
 
 
 def raw_disk(dest: Path, size_mb: int = 64) -> Path:
@@ -145,7 +212,9 @@ def build_all(out: Path) -> dict[str, Path]:
         props = dict(WARDEN_PROPERTIES, _formats="warden-tgz")
         (warden / "stemcell.MF").write_text(manifest(props["name"], "1.0", props))
         os.replace(warden / "image.tmp", warden / "image")
-        _stemcell_tgz(out / "bosh-stemcell-warden-boshcpi-test.tgz", (warden / "stemcell.MF").read_text(), warden / "image")
+        _stemcell_tgz(
+            out / "bosh-stemcell-warden-boshcpi-test.tgz", (warden / "stemcell.MF").read_text(), warden / "image"
+        )
     result["warden"] = warden
     for fmt in ("raw", "qcow2"):
         d = out / f"vm-{fmt}"
@@ -163,7 +232,9 @@ def build_all(out: Path) -> dict[str, Path]:
             _image_tarball(d / "image.tmp", root)
             root.unlink()
             os.replace(d / "image.tmp", d / "image")
-            _stemcell_tgz(out / f"bosh-stemcell-vm-{fmt}-boshcpi-test.tgz", (d / "stemcell.MF").read_text(), d / "image")
+            _stemcell_tgz(
+                out / f"bosh-stemcell-vm-{fmt}-boshcpi-test.tgz", (d / "stemcell.MF").read_text(), d / "image"
+            )
         result[f"vm-{fmt}"] = d
     return result
 
@@ -185,5 +256,5 @@ def cloud_properties(stemcell_dir: Path) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    for kind, path in build_all(Path(sys.argv[1] if len(sys.argv) > 1 else "tests/.cache/stemcells")).items():
+    for kind, path in build_all(Path(sys.argv[1] if len(sys.argv) > 1 else "/var/tmp/boshcpi-stemcells")).items():
         print(kind, path)

@@ -1,0 +1,149 @@
+"""Persistent disks on real LXD and Incus (btrfs pool): lifecycle across two containers, resize,
+snapshots, settings rewrites, and the error paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from boshcpi import devstemcell as stemcells
+from tests.integration.test_lxd_containers import network
+
+pytestmark = pytest.mark.lxd
+
+
+@pytest.fixture(scope="module")
+def two_vms(daemon, test_stemcells):
+    d = test_stemcells["warden"]
+    sc = daemon.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+    vms = [daemon.call("create_vm", f"agent-d{i}", sc, {}, network(daemon, 40 + i), [], {}).ok()[0] for i in (1, 2)]
+    yield vms
+    for vm in vms:
+        daemon.call("delete_vm", vm)
+    daemon.call("delete_stemcell", sc)
+
+
+def settings_of(ctx, vm_cid: str) -> dict:
+    return json.loads(ctx.cli_run("exec", vm_cid, "--", "cat", "/var/vcap/bosh/warden-cpi-agent-env.json"))
+
+
+def sh(ctx, vm_cid: str, script: str) -> str:
+    return ctx.cli_run("exec", vm_cid, "--", "sh", "-c", script)
+
+
+def test_persistent_disk_lifecycle_across_two_vms(daemon, two_vms):
+    ctx = daemon
+    vm1, vm2 = two_vms
+    disk = ctx.call("create_disk", 64, {}, vm1).ok()
+    assert disk.startswith("vol-p-")
+    assert ctx.call("has_disk", disk).ok() is True
+    vol = ctx.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")
+    assert vol["content_type"] == "filesystem" and vol["config"]["size"] == "64MiB"
+    assert ctx.call("get_disks", vm1).ok() == []
+
+    hint = ctx.call("attach_disk", vm1, disk).ok()
+    assert hint == f"/warden-cpi-dev/{disk}"
+    assert ctx.call("get_disks", vm1).ok() == [disk]
+    assert settings_of(ctx, vm1)["disks"]["persistent"] == {disk: hint}
+    # Attaching again is harmless and answers the same hint.
+    assert ctx.call("attach_disk", vm1, disk).ok() == hint
+    # Write through the container.
+    sh(ctx, vm1, f"echo precious-data > {hint}/file.txt && sync")
+
+    # Delete while attached: refused, and the disk is intact.
+    resp = ctx.call("delete_disk", disk)
+    assert resp.error_type == "Bosh::Clouds::CloudError" and vm1 in resp.error["message"]
+    assert ctx.call("has_disk", disk).ok() is True
+
+    # Attached elsewhere: refused.
+    assert ctx.call("attach_disk", vm2, disk).error_type == "Bosh::Clouds::CloudError"
+
+    snap = ctx.call("snapshot_disk", disk, {"deployment": "cf", "instance_group": "db"}).ok()
+    assert snap.startswith(disk + "@snap-")
+    snaps = ctx.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}/snapshots") or []
+    assert [s for s in snaps if s.split("?")[0].endswith(snap.split("@")[1])]
+
+    assert ctx.call("detach_disk", vm1, disk).ok() is None
+    assert ctx.call("get_disks", vm1).ok() == []
+    assert settings_of(ctx, vm1)["disks"]["persistent"] == {}
+    assert disk in ctx.volumes()
+
+    # Resize natively (grow), refuse shrink.
+    assert ctx.call("resize_disk", disk, 128).ok() is None
+    assert ctx.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")["config"]["size"] == "128MiB"
+    assert ctx.call("resize_disk", disk, 32).error_type == "Bosh::Clouds::CloudError"
+
+    # Attach to the second VM: the data is still there and the new size is visible inside.
+    hint2 = ctx.call("attach_disk", vm2, disk).ok()
+    assert sh(ctx, vm2, f"cat {hint2}/file.txt").strip() == "precious-data"
+    assert ctx.call("get_disks", vm2).ok() == [disk]
+    assert settings_of(ctx, vm2)["disks"]["persistent"] == {disk: hint2}
+    assert (
+        ctx.call("set_disk_metadata", disk, {"deployment": "cf", "instance_group": "db", "instance_index": "0"}).ok()
+        is None
+    )
+    assert ctx.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")["config"]["user.bosh.deployment"] == "cf"
+
+    assert ctx.call("delete_snapshot", snap).ok() is None
+    assert ctx.call("delete_snapshot", snap).ok() is None  # idempotent
+    assert sh(ctx, vm2, f"cat {hint2}/file.txt").strip() == "precious-data"
+
+    # delete_vm detaches (never deletes) persistent disks.
+    assert ctx.call("detach_disk", vm2, disk).ok() is None
+    assert ctx.call("delete_disk", disk).ok() is None
+    assert ctx.call("has_disk", disk).ok() is False
+    assert ctx.call("delete_disk", disk).ok() is None
+
+
+def test_resize_is_seen_inside_the_container(daemon, two_vms):
+    ctx = daemon
+    vm1, _ = two_vms
+    disk = ctx.call("create_disk", 64, {}, vm1).ok()
+    hint = ctx.call("attach_disk", vm1, disk).ok()
+    assert ctx.call("resize_disk", disk, 128).ok() is None
+    # btrfs quota: writing 100 MiB fits only after the resize.
+    sh(ctx, vm1, f"dd if=/dev/zero of={hint}/big bs=1M count=100 2>/dev/null && sync")
+    size = int(sh(ctx, vm1, f"stat -c %s {hint}/big").strip())
+    assert size == 100 * 1024 * 1024
+    ctx.call("detach_disk", vm1, disk).ok()
+    ctx.call("delete_disk", disk).ok()
+
+
+def test_delete_vm_keeps_attached_persistent_disk(daemon, test_stemcells):
+    ctx = daemon
+    d = test_stemcells["warden"]
+    sc = ctx.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+    vm, _ = ctx.call("create_vm", "agent-keep", sc, {}, network(ctx, 45), [], {}).ok()
+    disk = ctx.call("create_disk", 32, None, None).ok()  # null cloud properties and locality
+    ctx.call("attach_disk", vm, disk).ok()
+    assert ctx.call("delete_vm", vm).ok() is None
+    assert ctx.call("has_disk", disk).ok() is True
+    assert ctx.call("delete_disk", disk).ok() is None
+    ctx.call("delete_stemcell", sc).ok()
+
+
+def test_disk_error_paths(daemon, two_vms):
+    ctx = daemon
+    vm1, _ = two_vms
+    ghost_vm = "vm-00000000-0000-4000-8000-000000000000"
+    ghost_disk = "vol-p-00000000-0000-4000-8000-000000000000"
+    disk = ctx.call("create_disk", 32, {}, vm1).ok()
+    assert ctx.call("attach_disk", ghost_vm, disk).error_type == "Bosh::Clouds::VMNotFound"
+    assert ctx.call("attach_disk", vm1, ghost_disk).error_type == "Bosh::Clouds::DiskNotFound"
+    assert ctx.call("detach_disk", vm1, ghost_disk).error_type == "Bosh::Clouds::DiskNotFound"
+    assert ctx.call("detach_disk", ghost_vm, disk).error_type == "Bosh::Clouds::VMNotFound"
+    assert ctx.call("get_disks", ghost_vm).error_type == "Bosh::Clouds::VMNotFound"
+    assert ctx.call("has_disk", ghost_disk).ok() is False
+    assert ctx.call("delete_disk", ghost_disk).ok() is None
+    assert ctx.call("resize_disk", ghost_disk, 64).error_type == "Bosh::Clouds::DiskNotFound"
+    assert ctx.call("snapshot_disk", ghost_disk, {}).error_type == "Bosh::Clouds::DiskNotFound"
+    assert ctx.call("set_disk_metadata", ghost_disk, {}).error_type == "Bosh::Clouds::DiskNotFound"
+    assert ctx.call("delete_snapshot", ghost_disk + "@snap-000000000000").ok() is None
+    assert ctx.call("update_disk", disk, 64, {}).ok() == disk
+    assert ctx.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")["config"]["size"] == "64MiB"
+    assert ctx.call("update_disk", disk, 64, {"type": "block"}).error_type == "Bosh::Clouds::NotImplemented"
+    assert ctx.call("update_disk", ghost_disk, 64, {}).error_type == "Bosh::Clouds::DiskNotFound"
+    assert ctx.call("create_disk", 32, {"type": "tape"}, None).error_type == "Bosh::Clouds::CpiError"
+    assert ctx.call("has_disk", disk).ok() is True
+    ctx.call("delete_disk", disk).ok()
