@@ -27,14 +27,14 @@ compile: venv
 venv: $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check src tests $(wildcard bench)
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 test: host venv compile
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests $(wildcard bench)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 demo: host venv compile
