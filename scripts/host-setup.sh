@@ -36,7 +36,7 @@ apt_update_once() {
   if [ -z "$APT_UPDATED" ]; then apt-get update -qq; APT_UPDATED=1; fi
 }
 
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep 'install ok installed' >/dev/null; }
 
 install_pkgs() {
   local suite=$1; shift
@@ -120,8 +120,10 @@ ensure_libvirt_pool() {
     virsh -c qemu:///system pool-define-as "$pool" dir --target "$dir" >/dev/null
     virsh -c qemu:///system pool-autostart "$pool" >/dev/null
   fi
-  if ! virsh -c qemu:///system pool-info "$pool" | grep -q running; then
-    virsh -c qemu:///system pool-start "$pool" >/dev/null
+  if ! virsh -c qemu:///system pool-info "$pool" 2>/dev/null | grep running >/dev/null; then
+    # libvirtd may be autostarting it right now: tolerate "already active".
+    virsh -c qemu:///system pool-start "$pool" >/dev/null 2>&1 \
+      || virsh -c qemu:///system pool-info "$pool" 2>/dev/null | grep running >/dev/null
   fi
 }
 
