@@ -34,9 +34,15 @@ META = "user.bosh."
 
 
 def fail_point(step: str) -> None:
-    """Test hook: BOSHCPI_FAIL_AT=<step> makes create_vm fail at that step (reliability tests)."""
+    """Test hooks for the reliability tests: BOSHCPI_FAIL_AT=<step> makes the call fail at that
+    step; BOSHCPI_PAUSE_AT=<step> makes it stop there (to be killed) after writing a line to stderr."""
     if os.environ.get("BOSHCPI_FAIL_AT") == step:
         raise CloudError(f"injected failure at {step}")
+    if os.environ.get("BOSHCPI_PAUSE_AT") == step:
+        import time
+
+        log.info(f"paused at {step}")
+        time.sleep(3600)
 
 
 class LXDCloud(Cloud):
@@ -76,6 +82,7 @@ class LXDCloud(Cloud):
 
         with mapped("create_stemcell"):
             fingerprint = images.upload(self.client, spec, self.cfg.operation_timeout)
+            fail_point("alias")
             cid = images.create_alias(self.client, fingerprint, spec)
             if self.cfg.server.predeploy_stemcell:
                 self._predeploy(cid)
@@ -307,7 +314,7 @@ class LXDCloud(Cloud):
             "name": name,
             "type": "custom",
             "content_type": content,
-            "config": {"size": f"{size_mb}MiB", META + "kind": kind, META + "vm": vm_cid},
+            "config": {"size": f"{size_mb}MiB", META + "kind": kind, META + "vm": vm_cid, META + "created": _now()},
             "description": f"boshcpi {kind} disk" + (f" of {vm_cid}" if vm_cid else ""),
         }
         with mapped(f"create {kind} volume"):
@@ -335,7 +342,13 @@ class LXDCloud(Cloud):
         )
         name = naming.config_volume(vm_cid)
         with mapped("write config volume"):
-            volumes.import_block(self.client, self.pool, name, image, {META + "kind": "config", META + "vm": vm_cid})
+            volumes.import_block(
+                self.client,
+                self.pool,
+                name,
+                image,
+                {META + "kind": "config", META + "vm": vm_cid, META + "created": _now()},
+            )
         return name
 
     def _write_container_settings(self, vm_cid: str, settings: dict[str, Any]) -> None:
@@ -473,6 +486,12 @@ class LXDCloud(Cloud):
         from boshcpi.drivers.lxd import disks
 
         disks.set_metadata(self, disk_cid, metadata)
+
+
+def _now() -> str:
+    import time
+
+    return str(int(time.time()))
 
 
 def _as_str(value: Any) -> str:
