@@ -127,6 +127,26 @@ ensure_libvirt_pool() {
   fi
 }
 
+ensure_libvirt_network() {
+  # An isolated network: no <forward>, so nothing routes out of it.
+  local net=boshcpi-test-net
+  if ! virsh -c qemu:///system net-info "$net" >/dev/null 2>&1; then
+    say "libvirt: defining isolated network $net (10.245.30.0/24)"
+    local xml; xml=$(mktemp)
+    cat > "$xml" <<XML
+<network><name>$net</name><bridge name='boshcpi-virbr0' stp='on' delay='0'/>
+<ip address='10.245.30.1' netmask='255.255.255.0'/></network>
+XML
+    virsh -c qemu:///system net-define "$xml" >/dev/null
+    rm -f "$xml"
+    virsh -c qemu:///system net-autostart "$net" >/dev/null
+  fi
+  if ! virsh -c qemu:///system net-info "$net" 2>/dev/null | grep -E 'Active: +yes' >/dev/null; then
+    virsh -c qemu:///system net-start "$net" >/dev/null 2>&1 \
+      || virsh -c qemu:///system net-info "$net" 2>/dev/null | grep -E 'Active: +yes' >/dev/null
+  fi
+}
+
 need_root
 case "${1:-all}" in
   packages) install_all ;;
@@ -137,6 +157,7 @@ case "${1:-all}" in
     ensure_resources lxc boshcpi-btrfs boshcpi-lxdbr0 10.245.10.1/24
     ensure_resources incus boshcpi-btrfs boshcpi-incbr0 10.245.20.1/24
     ensure_libvirt_pool
+    ensure_libvirt_network
     say "ready: lxd, incus, libvirt"
     ;;
 esac

@@ -16,8 +16,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "vfat", "isofs", "nls_cp437", "nls_iso8859-1", "nls_utf8",
-           "nls_ascii")
+MODULES = (
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "vfat",
+    "isofs",
+    "nls_cp437",
+    "nls_iso8859-1",
+    "nls_utf8",
+    "nls_ascii",
+)
 MARK_BEGIN = "BOSHCPI-SETTINGS-BEGIN"
 MARK_END = "BOSHCPI-SETTINGS-END"
 
@@ -54,7 +63,10 @@ echo "boshcpi-test-image: done"
 while true; do sleep 3600; done
 """
 
-SYSLINUX_CFG = "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n  APPEND initrd=/initrd.gz console=ttyS0 quiet loglevel=3 panic=-1\n"
+SYSLINUX_CFG = (
+    "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n"
+    "  APPEND initrd=/initrd.gz console=ttyS0 quiet loglevel=3 panic=-1\n"
+)
 
 
 def _kernel_deb(cache: Path) -> Path:
@@ -115,8 +127,15 @@ def build_initramfs(kernel_root: Path, busybox: str = "/bin/busybox") -> bytes:
     entries.append(("init", 0o100755, INIT.encode()))
     entries.append(("modules.order", 0o100644, "\n".join(order).encode() + b"\n"))
     for name in order:
-        entries.append((f"lib/modules/{name}.ko", 0o100644, index[name.replace("-", "_")].read_bytes()
-                        if name.replace("-", "_") in index else index[name].read_bytes()))
+        entries.append(
+            (
+                f"lib/modules/{name}.ko",
+                0o100644,
+                index[name.replace("-", "_")].read_bytes()
+                if name.replace("-", "_") in index
+                else index[name].read_bytes(),
+            )
+        )
     return gzip.compress(_cpio_newc(entries), compresslevel=6, mtime=0)
 
 
@@ -137,8 +156,11 @@ def build_disk(dest: Path, cache: Path, size_mb: int = 64) -> Path:
         # -h 2048: the partition starts at sector 2048; syslinux finds itself through that.
         subprocess.run(["mkfs.vfat", "-h", "2048", "-n", "BOSHBOOT", str(part)], check=True, capture_output=True)
         env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-        for src, name in ((vmlinuz, "vmlinuz"), (work / "initrd.gz", "initrd.gz"), (work / "syslinux.cfg",
-                                                                                     "syslinux.cfg")):
+        for src, name in (
+            (vmlinuz, "vmlinuz"),
+            (work / "initrd.gz", "initrd.gz"),
+            (work / "syslinux.cfg", "syslinux.cfg"),
+        ):
             subprocess.run(["mcopy", "-i", str(part), str(src), f"::{name}"], check=True, env=env)
         subprocess.run(["syslinux", "--install", str(part)], check=True, capture_output=True)
         with open(dest, "wb") as fh:

@@ -258,3 +258,27 @@ def cloud_properties(stemcell_dir: Path) -> dict[str, str]:
 if __name__ == "__main__":
     for kind, path in build_all(Path(sys.argv[1] if len(sys.argv) > 1 else "/var/tmp/boshcpi-stemcells")).items():
         print(kind, path)
+
+
+def build_boot_stemcell(out: Path, fmt: str = "qcow2") -> Path:
+    """A VM stemcell whose root.img really boots (see devbootimage); cached like the others."""
+    from boshcpi import devbootimage
+
+    d = out / f"vm-boot-{fmt}"
+    if (d / "image").exists():
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    raw = devbootimage.build_disk(d / "root.raw", out / "kernel")
+    root = d / "root.img"
+    if fmt == "qcow2":
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(root)], check=True)
+        raw.unlink()
+    else:
+        raw.rename(root)
+    props = dict(vm_properties(fmt), _formats=f"openstack-{fmt}")
+    props["name"] = "bosh-openstack-kvm-boshcpi-boot-test"
+    (d / "stemcell.MF").write_text(manifest(props["name"], "1.0", props))
+    _image_tarball(d / "image.tmp", root)
+    root.unlink()
+    os.replace(d / "image.tmp", d / "image")
+    return d

@@ -1,0 +1,253 @@
+"""The libvirt driver against real libvirtd, domain type qemu (TCG: nested KVM hangs guests here).
+
+The test stemcell boots a Debian kernel whose initramfs prints the settings it reads from the
+config drive to the serial console: the console log proves the VM booted and read what the CPI
+wrote, with a FAT32 and with an ISO9660 config drive."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from boshcpi import devbootimage
+from boshcpi import devstemcell as stemcells
+from tests.helpers import call
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is installed by `make venv`")
+pytestmark = pytest.mark.libvirt
+
+POOL = "boshcpi-test"
+NET = {
+    "default": {
+        "type": "manual",
+        "ip": "10.245.30.10",
+        "netmask": "255.255.255.0",
+        "gateway": "10.245.30.1",
+        "dns": ["10.245.30.1"],
+        "default": ["dns", "gateway"],
+        "cloud_properties": {},
+    }
+}
+
+
+class Ctx:
+    def __init__(self, tmp: Path, kind: str) -> None:
+        self.tmp = tmp
+        self.console_dir = tmp / "console"
+        self.config = {
+            "driver": "libvirt",
+            "libvirt": {
+                "uri": "qemu:///system",
+                "domain_type": "qemu",
+                "storage_pool_name": POOL,
+                "network_name": "boshcpi-test-net",
+                "console_log_dir": str(self.console_dir),
+            },
+            "agent": {"mbus": "nats://n:libvirt-s3cret@10.245.30.11:4222", "ntp": []},
+            "agent_config": {"type": kind},
+        }
+        self.path = tmp / f"cpi-{kind}.json"
+        self.path.write_text(json.dumps(self.config))
+        self.conn = libvirt.open("qemu:///system")
+
+    def call(self, method, *args, **kw):
+        return call(self.path, method, *args, **kw)
+
+    def volumes(self) -> set[str]:
+        pool = self.conn.storagePoolLookupByName(POOL)
+        pool.refresh(0)
+        return set(pool.listVolumes())
+
+    def domains(self) -> set[str]:
+        return {d.name() for d in self.conn.listAllDomains(0)}
+
+    def console(self, vm: str) -> str:
+        path = self.console_dir / f"{vm}.console.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_console(self, vm: str, needle: str, after: int = 0, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.console(vm)[after:]
+            if needle in text:
+                return text
+            time.sleep(0.5)
+        raise AssertionError(f"{needle!r} not on the console of {vm} within {timeout}s:\n{self.console(vm)[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def boot_stemcell():
+    return stemcells.build_boot_stemcell(Path("/var/tmp/boshcpi-stemcells"))
+
+
+@pytest.mark.parametrize("kind", ["FAT32", "CDROM"])
+def test_vm_boots_and_reads_the_settings_the_cpi_wrote(tmp_path, boot_stemcell, kind):
+    ctx = Ctx(tmp_path, kind)
+    volumes_before, domains_before = ctx.volumes(), ctx.domains()
+    sc = ctx.call("create_stemcell", str(boot_stemcell / "image"), stemcells.cloud_properties(boot_stemcell)).ok()
+    vm = None
+    disk = None
+    try:
+        vm, nets = ctx.call(
+            "create_vm",
+            f"agent-{kind.lower()}",
+            sc,
+            {"cpus": 1, "memory": 256, "ephemeral_disk": 64},
+            NET,
+            [],
+            {"bosh": {"password": "env-s3cret"}},
+        ).ok()
+        mac = nets["default"]["mac"]
+        dom = ctx.conn.lookupByName(vm)
+        xml = dom.XMLDesc(0)
+        assert "type='qemu'" in xml.split("\n")[0]
+        # The boot disk is a copy-on-write overlay of the stemcell volume.
+        root = ctx.conn.storagePoolLookupByName(POOL).storageVolLookupByName(f"{vm}-root")
+        assert "<backingStore>" in root.XMLDesc(0) and sc in root.XMLDesc(0)
+        text = ctx.wait_console(vm, "boshcpi-test-image: done")
+        settings = devbootimage.settings_from_console(text)
+        assert settings["agent_id"] == f"agent-{kind.lower()}"
+        assert settings["vm"] == {"name": vm, "id": vm}
+        assert settings["networks"]["default"]["mac"] == mac
+        assert settings["disks"] == {"system": "/dev/vda", "ephemeral": "/dev/vdb", "persistent": {}}
+        assert f"nic: eth0 {mac}" in text
+
+        assert ctx.call("has_vm", vm).ok() is True
+        ctx.call("set_vm_metadata", vm, {"deployment": "d", "job": "j", "index": "0", "name": "j/0"}).ok()
+        assert ctx.conn.lookupByName(vm).metadata(libvirt.VIR_DOMAIN_METADATA_TITLE, None, 0) == "d/j/0"
+
+        disk = ctx.call("create_disk", 32, {}, vm).ok()
+        hint = ctx.call("attach_disk", vm, disk).ok()
+        assert hint["path"] == "/dev/vdd" and len(hint["id"]) == 20
+        assert ctx.call("get_disks", vm).ok() == [disk]
+        assert ctx.call("resize_disk", disk, 64).ok() is None
+        snap = ctx.call("snapshot_disk", disk, {"deployment": "d"}).ok()
+        assert snap in ctx.volumes()
+        # After a reboot the guest reads the rewritten settings and sees the disk by its serial.
+        seen = len(ctx.console(vm))
+        assert ctx.call("reboot_vm", vm).ok() is None
+        text = ctx.wait_console(vm, "boshcpi-test-image: done", after=seen)
+        settings = devbootimage.settings_from_console(text)
+        assert settings["disks"]["persistent"] == {disk: hint}
+        assert f"serial={hint['id']} size={64 * 2048}" in text
+
+        assert ctx.call("delete_disk", disk).error_type == "Bosh::Clouds::CloudError"
+        assert ctx.call("detach_disk", vm, disk).ok() is None
+        assert ctx.call("get_disks", vm).ok() == []
+        assert ctx.call("delete_snapshot", snap).ok() is None
+        assert ctx.call("delete_vm", vm).ok() is None
+        vm = None
+        assert ctx.call("delete_disk", disk).ok() is None
+        disk = None
+    finally:
+        if vm:
+            ctx.call("delete_vm", vm)
+        if disk:
+            ctx.call("delete_disk", disk)
+        ctx.call("delete_stemcell", sc)
+    assert ctx.volumes() == volumes_before
+    assert ctx.domains() == domains_before
+
+
+@pytest.mark.parametrize("step", ["volumes", "define", "start"])
+def test_failure_in_any_create_vm_step_leaves_nothing(tmp_path, boot_stemcell, step):
+    ctx = Ctx(tmp_path, "FAT32")
+    sc = ctx.call("create_stemcell", str(boot_stemcell / "image"), stemcells.cloud_properties(boot_stemcell)).ok()
+    try:
+        volumes_before, domains_before = ctx.volumes(), ctx.domains()
+        resp = ctx.call("create_vm", "agent-f", sc, {"ephemeral_disk": 16}, NET, [], {}, env={"BOSHCPI_FAIL_AT": step})
+        assert resp.error_type == "Bosh::Clouds::VMCreationFailed"
+        assert ctx.volumes() == volumes_before
+        assert ctx.domains() == domains_before
+    finally:
+        ctx.call("delete_stemcell", sc).ok()
+
+
+def test_libvirt_edge_cases(tmp_path):
+    ctx = Ctx(tmp_path, "FAT32")
+    ghost_vm = f"vm-{uuid.uuid4()}"
+    ghost_disk = f"vol-p-{uuid.uuid4()}"
+    assert ctx.call("has_vm", ghost_vm).ok() is False
+    assert ctx.call("delete_vm", ghost_vm).ok() is None
+    assert ctx.call("reboot_vm", ghost_vm).error_type == "Bosh::Clouds::VMNotFound"
+    assert ctx.call("has_disk", ghost_disk).ok() is False
+    assert ctx.call("delete_disk", ghost_disk).ok() is None
+    assert ctx.call("resize_disk", ghost_disk, 10).error_type == "Bosh::Clouds::DiskNotFound"
+    assert ctx.call("delete_stemcell", f"img-{uuid.uuid4()}").ok() is None
+    resp = ctx.call("create_vm", "a", f"img-{uuid.uuid4()}", {}, {}, [], {})
+    assert resp.error_type == "Bosh::Clouds::VMCreationFailed"
+    disk = ctx.call("create_disk", 16, None, None).ok()
+    assert ctx.call("attach_disk", ghost_vm, disk).error_type == "Bosh::Clouds::VMNotFound"
+    assert ctx.call("resize_disk", disk, 8).error_type == "Bosh::Clouds::CloudError"
+    assert ctx.call("delete_disk", disk).ok() is None
+    assert ctx.call("info").ok()["stemcell_formats"] == ["openstack-qcow2", "openstack-raw"]
+
+
+def test_cleanup_removes_what_a_killed_create_vm_left(tmp_path, boot_stemcell):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    ctx = Ctx(tmp_path, "FAT32")
+    sc = ctx.call("create_stemcell", str(boot_stemcell / "image"), stemcells.cloud_properties(boot_stemcell)).ok()
+    try:
+        before = ctx.volumes()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(ctx.path)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "BOSHCPI_PAUSE_AT": "start"},
+        )
+        proc.stdin.write(
+            json.dumps(
+                {
+                    "method": "create_vm",
+                    "arguments": ["agent-k", sc, {"ephemeral_disk": 16}, NET, [], {}],
+                    "context": {},
+                }
+            ).encode()
+        )
+        proc.stdin.close()
+        while b"paused at" not in proc.stderr.readline():
+            assert proc.poll() is None
+        proc.kill()
+        proc.wait()
+        leftover = [d for d in ctx.domains() if d.startswith("vm-")]
+        assert leftover, "the killed call should have left a defined domain"
+        out = subprocess.run(
+            [sys.executable, "-m", "boshcpi.cli", "cleanup", "--config", str(ctx.path), "--older-than", "0s", "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        listed = json.loads(out.stdout)["orphans"]
+        assert [o["kind"] for o in listed] == ["instance"]
+        assert ctx.volumes() != before  # dry run removed nothing
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "boshcpi.cli",
+                "cleanup",
+                "--config",
+                str(ctx.path),
+                "--older-than",
+                "0s",
+                "--apply",
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        assert not [d for d in ctx.domains() if d in leftover]
+        assert ctx.volumes() == before
+    finally:
+        ctx.call("delete_stemcell", sc).ok()
