@@ -112,6 +112,15 @@ ensure_resources() {
   fi
 }
 
+ensure_https() {
+  # Loopback-only HTTPS listeners, for the TLS, trust and cluster tests.
+  local cli=$1 addr=$2
+  if [ -z "$($cli config get core.https_address 2>/dev/null)" ]; then
+    say "$cli: listening on https://$addr"
+    $cli config set core.https_address "$addr"
+  fi
+}
+
 ensure_libvirt_pool() {
   local pool=boshcpi-test dir=/var/lib/boshcpi-dev/libvirt-pool
   mkdir -p "$dir"
@@ -156,6 +165,8 @@ case "${1:-all}" in
     start_lxd; start_incus; start_libvirt
     ensure_resources lxc boshcpi-btrfs boshcpi-lxdbr0 10.245.10.1/24
     ensure_resources incus boshcpi-btrfs boshcpi-incbr0 10.245.20.1/24
+    ensure_https lxc 127.0.0.1:8443
+    ensure_https incus 127.0.0.1:8444
     ensure_libvirt_pool
     ensure_libvirt_network
     say "ready: lxd, incus, libvirt"
