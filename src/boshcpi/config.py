@@ -113,7 +113,7 @@ AgentOptions = _section(
 AgentConfig = _section(
     "AgentConfig",
     {
-        "type": ("str", "FAT32", _one_of("FAT32", "CDROM")),
+        "type": ("str", "CDROM", _one_of("FAT32", "CDROM")),
         "label": ("str", "config-2", None),
         "metadata_path": ("str", "ec2/latest/meta-data.json", None),
         "userdata_path": ("str", "ec2/latest/user-data", None),

@@ -163,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         config = _lxd_config(args.driver, Path(tmp))
         cli = "lxc" if args.driver == "lxd" else "incus"
         subnet = "10.245.10" if args.driver == "lxd" else "10.245.20"
+        for step in (
+            ["init", "--config", str(config), "--network-cidr", f"{subnet}.1/24", "--pool-size", "12GiB"],
+            ["doctor", "--config", str(config)],
+        ):
+            print(f"\n$ boshcpi {' '.join(step[:1])} --config cpi.json\n", flush=True)
+            rc = subprocess.run([sys.executable, "-m", "boshcpi.cli", *step]).returncode
+            if rc != 0:
+                raise SystemExit(f"demo: boshcpi {step[0]} failed")
         print(f"\nlifecycle on {args.driver}, project {DEMO_PROJECT}:\n")
         lifecycle(config, built["warden"], subnet, [cli, "--project", DEMO_PROJECT])
         subprocess.run([cli, "project", "delete", DEMO_PROJECT], capture_output=True)

@@ -11,7 +11,7 @@ def test_defaults_follow_the_anchor():
     assert cfg.driver == "lxd"
     assert cfg.server.project_name == "default" and cfg.server.network_name == "lxdbr0"
     assert cfg.server_url == "unix:///var/lib/lxd/unix.socket"
-    assert cfg.agent_config.type == "FAT32" and cfg.agent_config.label == "config-2"
+    assert cfg.agent_config.type == "CDROM" and cfg.agent_config.label == "config-2"
     assert cfg.agent_config.userdata_path == "ec2/latest/user-data"
     assert cfg.throttle_config.limit == 4 and cfg.throttle_hold == 120
     assert config.from_dict({"server": {"type": "incus"}}).server_url == "unix:///var/lib/incus/unix.socket"
