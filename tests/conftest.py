@@ -62,7 +62,8 @@ class LXDContext:
         return [i["name"] for i in self.api("/1.0/instances?recursion=1") or []]
 
     def volumes(self) -> list[str]:
-        return [v["name"] for v in self.api(f"/1.0/storage-pools/{POOL}/volumes/custom?recursion=1") or []]
+        vols = self.api(f"/1.0/storage-pools/{POOL}/volumes/custom?recursion=1") or []
+        return [v["name"] for v in vols if "/" not in v["name"]]  # snapshots are listed as disk/snap
 
     def images(self) -> list[str]:
         return [i["fingerprint"] for i in self.api("/1.0/images?recursion=1") or []]

@@ -13,6 +13,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BOSHCPI = [sys.executable, "-m", "boshcpi.cli"]
 
+# Every secret the suites put into configs and requests. No CPI output may ever contain one: every
+# call of every test checks its stdout and stderr.
+SECRETS: set[str] = {"mbus-s3cret-pw", "blob-s3cret-pw", "env-s3cret-pw", "env-s3cret", "libvirt-s3cret", "unit-s3cret"}
+
 
 @dataclass
 class Response:
@@ -43,6 +47,9 @@ def raw_call(
         args, input=data, capture_output=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT
     )
     out = proc.stdout.decode()
+    err = proc.stderr.decode()
+    leaked = [s for s in SECRETS if s in out or s in err]
+    assert not leaked, f"secret(s) {leaked} reached the CPI's output"
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected exactly one response line, got {out!r}\nstderr: {proc.stderr.decode()}"
     doc = json.loads(lines[0])

@@ -95,6 +95,8 @@ def find_lxd_orphans(cloud: Any, older_than: float) -> list[Orphan]:
             )
     for vol in client.get(f"/1.0/storage-pools/{pool}/volumes/custom", params={"recursion": 1}) or []:
         name, cfg = vol["name"], vol.get("config") or {}
+        if "/" in name:  # a snapshot, listed as volume/snapshot: never ours to remove
+            continue
         kind = cfg.get("user.bosh.kind")
         used = [u for u in vol.get("used_by") or [] if u.startswith("/1.0/instances/")]
         age = _age_from_epoch(cfg.get("user.bosh.created")) or _age_from_iso(vol.get("created_at"))

@@ -278,8 +278,7 @@ class LXDCloud(Cloud):
             if not is_vm:
                 self._write_container_settings(vm_cid, settings)
             fail_point("start")
-            with mapped("create_vm: start"):
-                self.client.request("PUT", f"/1.0/instances/{vm_cid}/state", {"action": "start", "timeout": 60})
+            self._start(vm_cid)
         except BaseException as e:
             self._undo_create(vm_cid, made_instance, made_volumes)
             if isinstance(e, VMCreationFailed):
@@ -289,7 +288,8 @@ class LXDCloud(Cloud):
             if isinstance(e, LXDError):
                 e = to_bosh(e, "create_vm")
             if isinstance(e, BoshError):
-                raise VMCreationFailed(f"create_vm: {e.message}", ok_to_retry=e.ok_to_retry) from None
+                msg = e.message if e.message.startswith("create_vm") else f"create_vm: {e.message}"
+                raise VMCreationFailed(msg, ok_to_retry=e.ok_to_retry) from None
             if isinstance(e, Exception):
                 raise VMCreationFailed(f"create_vm: {type(e).__name__}: {e}", ok_to_retry=False) from None
             raise
@@ -298,6 +298,48 @@ class LXDCloud(Cloud):
         }
         log.info(f"created {'VM' if is_vm else 'container'} {vm_cid} from {spec.stemcell_cid}")
         return vm_cid, networks_out
+
+    def _start(self, vm_cid: str) -> None:
+        try:
+            self.client.request("PUT", f"/1.0/instances/{vm_cid}/state", {"action": "start", "timeout": 60})
+        except LXDError as e:
+            # The director retries an interrupted create_vm with the same IP; the interrupted
+            # attempt's never-started instance still claims that address. Reclaim and retry once.
+            if "already defined on another nic" not in e.message.lower() or not self._reclaim_addresses(vm_cid):
+                raise to_bosh(e, "start") from None
+            with mapped("start"):
+                self.client.request("PUT", f"/1.0/instances/{vm_cid}/state", {"action": "start", "timeout": 60})
+
+    def _reclaim_addresses(self, vm_cid: str) -> bool:
+        """Delete never-started boshcpi instances holding one of this VM's NIC addresses."""
+        inst = self.client.get(f"/1.0/instances/{quote(vm_cid)}")
+        wanted = {
+            (d.get("network") or d.get("parent"), d.get("ipv4.address"))
+            for d in (inst.get("devices") or {}).values()
+            if d.get("type") == "nic" and d.get("ipv4.address")
+        }
+        reclaimed = False
+        for other in self.client.get("/1.0/instances", params={"recursion": 1}) or []:
+            cfg = other.get("config") or {}
+            if (
+                other["name"] == vm_cid
+                or cfg.get(META + "created_by") != "boshcpi"
+                or other.get("status") != "Stopped"
+                or "volatile.last_state.power" in cfg
+            ):
+                continue
+            held = {
+                (d.get("network") or d.get("parent"), d.get("ipv4.address"))
+                for d in (other.get("devices") or {}).values()
+                if d.get("type") == "nic"
+            }
+            if held & wanted:
+                log.warn(f"reclaiming the address(es) of {other['name']}: never started (an interrupted create_vm)")
+                self._delete_instance(other["name"])
+                for vol in self._volumes_of(other["name"]):
+                    self._delete_volume(vol)
+                reclaimed = True
+        return reclaimed
 
     def _undo_create(self, vm_cid: str, made_instance: bool, volumes: list[str]) -> None:
         log.warn(f"create_vm failed: removing what it made ({vm_cid}, {len(volumes)} volume(s))")
@@ -353,12 +395,25 @@ class LXDCloud(Cloud):
 
     def _write_container_settings(self, vm_cid: str, settings: dict[str, Any]) -> None:
         path = agent_settings.CONTAINER_SETTINGS_PATH
-        with mapped("write agent settings"):
-            parent = ""
-            for part in os.path.dirname(path).strip("/").split("/"):
-                parent += "/" + part
-                self.client.make_dir(vm_cid, parent)
-            self.client.push_file(vm_cid, path, agent_settings.dumps(settings), mode=0o600)
+        data = agent_settings.dumps(settings)
+        for attempt in range(1, 5):
+            try:
+                parent = ""
+                for part in os.path.dirname(path).strip("/").split("/"):
+                    parent += "/" + part
+                    self.client.make_dir(vm_cid, parent)
+                self.client.push_file(vm_cid, path, data, mode=0o600)
+                return
+            except LXDError as e:
+                # LXD 5.0's file API on a stopped container goes through a per-instance helper
+                # (forkfile) that fails transiently when many instances start at once: retry.
+                transient = "forkfile" in e.message or e.unreachable
+                if not transient or attempt == 4:
+                    raise to_bosh(e, "write agent settings") from None
+                log.warn(f"write agent settings: {e.message}; retrying")
+                import time
+
+                time.sleep(0.25 * attempt)
 
     def read_container_settings(self, vm_cid: str) -> dict[str, Any]:
         with mapped("read agent settings", not_found=VMNotFound(f"VM {vm_cid} not found")):

@@ -169,6 +169,9 @@ def attach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> Any:
     devices[device] = dev
     inst["devices"] = devices
     cloud._put_instance(vm_cid, inst, etag, "attach_disk")
+    from boshcpi.drivers.lxd.cloud import fail_point
+
+    fail_point("attach-settings")
     try:
         write_settings(cloud, vm_cid, agent_settings.attach_persistent(settings, disk_cid, hint))
     except BaseException:
@@ -277,6 +280,9 @@ def snapshot(cloud: LXDCloud, disk_cid: str, metadata: dict[str, Any]) -> str:
         _, name = cid.split("@", 1)
         desc = " ".join(f"{k}={v}" for k, v in sorted(metadata.items()))
         body: dict[str, Any] = {"name": name}
+        from boshcpi.drivers.lxd.cloud import fail_point
+
+        fail_point("snapshot")
         cloud.client.request("POST", f"{_vol_path(pool, disk_cid)}/snapshots", body)
         if desc:
             try:

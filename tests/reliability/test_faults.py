@@ -1,0 +1,140 @@
+"""Faults against real LXD: a CPI killed (SIGKILL) inside create_vm, attach_disk, create_stemcell
+and snapshot_disk; the director retries; `cleanup --apply` then leaves no orphan, no persistent disk
+is lost and the data on it is intact. And a daemon restart in the middle of a call."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from boshcpi import devstemcell as stemcells
+from tests.helpers import ROOT
+from tests.integration.test_cleanup import cleanup, killed_call
+from tests.integration.test_lxd_containers import network
+
+pytestmark = pytest.mark.lxd
+
+
+@pytest.fixture(scope="module")
+def stemcell(lxd, test_stemcells):
+    d = test_stemcells["warden"]
+    cid = lxd.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+    yield cid
+    lxd.call("delete_stemcell", cid)
+
+
+def sh(ctx, vm: str, script: str) -> str:
+    return ctx.cli_run("exec", vm, "--", "sh", "-c", script)
+
+
+def test_killed_calls_then_retries_then_cleanup_lose_nothing(lxd, stemcell, test_stemcells):
+    ctx = lxd
+    vm, _ = ctx.call("create_vm", "agent-f1", stemcell, {"ephemeral_disk": 32}, network(ctx, 61), [], {}).ok()
+    disk = ctx.call("create_disk", 32, {}, vm).ok()
+    hint = ctx.call("attach_disk", vm, disk).ok()
+    sh(ctx, vm, f"echo survivor > {hint}/data && sync")
+    ctx.call("detach_disk", vm, disk).ok()
+
+    # create_vm killed after its instance exists; the director retries create_vm.
+    killed_call(
+        ctx.config_path,
+        "create_vm",
+        ["agent-f2", stemcell, {"ephemeral_disk": 32}, network(ctx, 62), [], {}],
+        "settings",
+    )
+    vm2, _ = ctx.call("create_vm", "agent-f2", stemcell, {"ephemeral_disk": 32}, network(ctx, 62), [], {}).ok()
+    # attach_disk killed between the device and the settings; the retry completes it.
+    killed_call(ctx.config_path, "attach_disk", [vm2, disk], "attach-settings")
+    hint2 = ctx.call("attach_disk", vm2, disk).ok()
+    settings = json.loads(ctx.cli_run("exec", vm2, "--", "cat", "/var/vcap/bosh/warden-cpi-agent-env.json"))
+    assert settings["disks"]["persistent"] == {disk: hint2}
+    assert ctx.call("get_disks", vm2).ok() == [disk]
+    # snapshot_disk killed before the snapshot; the retry takes one.
+    killed_call(ctx.config_path, "snapshot_disk", [disk, {}], "snapshot")
+    snap = ctx.call("snapshot_disk", disk, {}).ok()
+    # create_stemcell killed after the upload, before its alias; the retry makes the stemcell.
+    d = test_stemcells["warden"]
+    props = {**stemcells.cloud_properties(d), "version": "6.6"}
+    killed_call(ctx.config_path, "create_stemcell", [str(d / "image"), props], "alias")
+    sc2 = ctx.call("create_stemcell", str(d / "image"), props).ok()
+
+    # The retried create_vm already reclaimed the killed attempt's never-started instance (it held
+    # the same IP); the cleanup finds nothing else: the retries completed what the kills left.
+    assert {i for i in ctx.instances() if i.startswith("vm-")} == {vm, vm2}
+    applied = cleanup(ctx.config_path, "--apply")
+    assert applied["orphans"] == []
+    # Nothing lost: both VMs, the disk with its data and snapshot, both stemcells.
+    assert set(ctx.instances()) >= {vm, vm2}
+    assert sh(ctx, vm2, f"cat {hint2}/data").strip() == "survivor"
+    assert ctx.call("has_disk", disk).ok() is True
+    ctx.call("delete_snapshot", snap).ok()
+    ctx.call("detach_disk", vm2, disk).ok()
+    ctx.call("delete_disk", disk).ok()
+    for v in (vm, vm2):
+        ctx.call("delete_vm", v).ok()
+    ctx.call("delete_stemcell", sc2).ok()
+    assert not [i for i in ctx.instances() if i.startswith("vm-")]
+    assert not [v for v in ctx.volumes() if v.startswith(("vol-e-", "vol-c-", "vol-p-"))]
+
+
+PIDFILE = Path("/var/lib/boshcpi-dev/lxd.pid")
+
+
+def _lxd_pid() -> int | None:
+    try:
+        pid = int(PIDFILE.read_text())
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return pid if b"lxd" in fh.read().split(b"\0")[0] else None
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.skipif(_lxd_pid() is None, reason="the LXD daemon was not started by scripts/host-setup.sh")
+def test_daemon_restart_during_a_call(lxd, tmp_path):
+    ctx = lxd
+    # A stemcell big enough that its upload is still running when the daemon goes away.
+    big = tmp_path / "rootfs.tar"
+    with open(tmp_path / "blob", "wb") as fh:
+        for _ in range(192):
+            fh.write(os.urandom(1 << 20))
+    subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(big), "blob"], check=True)
+    props = {"name": "restart-test", "version": "1", "infrastructure": "warden", "disk_format": "files"}
+    images_before = set(ctx.images())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(ctx.config_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdin.write(json.dumps({"method": "create_stemcell", "arguments": [str(big), props], "context": {}}).encode())
+    proc.stdin.close()
+    time.sleep(0.8)
+    pid = _lxd_pid()
+    os.kill(pid, signal.SIGTERM)
+    out = proc.stdout.read()
+    proc.wait(timeout=300)
+    deadline = time.monotonic() + 60
+    while _lxd_pid() == pid and time.monotonic() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["bash", str(ROOT / "scripts/host-setup.sh"), "daemons"], check=True, capture_output=True)
+    doc = json.loads(out)
+    if doc["error"] is not None:
+        assert doc["error"]["ok_to_retry"] is True, doc["error"]
+        # The director retries: the call now succeeds.
+        sc = ctx.call("create_stemcell", str(big), props).ok()
+    else:
+        sc = doc["result"]
+    # State is consistent: exactly one new image, reachable through the stemcell cid.
+    assert len(set(ctx.images()) - images_before) == 1
+    assert ctx.api(f"/1.0/images/aliases/{sc}") is not None
+    ctx.call("delete_stemcell", sc).ok()
+    assert set(ctx.images()) == images_before
