@@ -317,7 +317,7 @@ class Bench:
             time.sleep(1)
             per_vm = (used() - before) / max(1, len(vms)) / (1 << 20)
             with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda vm: cpi(config, "delete_vm", vm), vms))
+                list(pool.map(lambda vm, c=config: cpi(c, "delete_vm", vm), vms))
             if server:
                 server.terminate()
                 server.wait()
@@ -350,8 +350,9 @@ c.request("POST", "/1.0/storage-pools/boshcpi-btrfs/volumes/custom",
           {"name": name + "-eph", "type": "custom", "content_type": "filesystem", "config": {"size": "64MiB"}})
 devices = {"root": {"type": "disk", "path": "/", "pool": "boshcpi-btrfs"},
            "eph": {"type": "disk", "pool": "boshcpi-btrfs", "source": name + "-eph", "path": "/var/vcap/data"}}
-c.request("POST", "/1.0/instances", {"name": name, "type": "container", "source": {"type": "image", "fingerprint": fp},
-          "devices": devices, "config": {"security.privileged": "true", "security.nesting": "true"}, "profiles": ["default"]})
+c.request("POST", "/1.0/instances", {"name": name, "type": "container",
+          "source": {"type": "image", "fingerprint": fp}, "devices": devices,
+          "config": {"security.privileged": "true", "security.nesting": "true"}, "profiles": ["default"]})
 for d in ("/var", "/var/vcap", "/var/vcap/bosh"):
     c.make_dir(name, d)
 c.push_file(name, "/var/vcap/bosh/warden-cpi-agent-env.json", b"{}" * 300, mode=0o600)
