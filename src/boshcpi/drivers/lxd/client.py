@@ -89,7 +89,7 @@ class _Connection:
         return data
 
     def request(
-        self, method: str, target: str, headers: dict[str, str], body: Any
+        self, method: str, target: str, headers: dict[str, str], body: Any, length: int | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         head = [f"{method} {target} HTTP/1.1", "Host: lxd", "User-Agent: boshcpi", "Accept: application/json"]
         chunked = False
@@ -98,6 +98,8 @@ class _Connection:
                 head.append("Content-Length: 0")
         elif isinstance(body, (bytes, bytearray)):
             head.append(f"Content-Length: {len(body)}")
+        elif length is not None:
+            head.append(f"Content-Length: {length}")  # a streamed body of known size
         else:
             chunked = True
             head.append("Transfer-Encoding: chunked")
@@ -114,6 +116,9 @@ class _Connection:
                     if chunk:
                         self.sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
                 self.sock.sendall(b"0\r\n\r\n")
+            elif body is not None:
+                for chunk in body:
+                    self.sock.sendall(chunk)
         # Response.
         status_line = self._line().decode("latin-1")
         parts = status_line.split(" ", 2)
@@ -272,6 +277,7 @@ class LXDClient:
         params: dict[str, Any] | None = None,
         project: bool = True,
         retry: bool = True,
+        length: int | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         full = self._path(path, params, project)
         hdrs = dict(headers or {})
@@ -279,7 +285,7 @@ class LXDClient:
             reused = self._conn is not None and not self._conn.closed
             try:
                 conn = self._connect()
-                return conn.request(method, full, hdrs, body)
+                return conn.request(method, full, hdrs, body, length)
             except OSError as e:  # ConnectionError, timeouts, ssl.SSLError are all OSError
                 self.close()
                 # A kept-alive connection may have been closed by the daemon: retry once when

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from boshcpi import log, naming, stemcell
 from boshcpi.cloud import StemcellSpec
 from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote, urlencode
-from boshcpi.drivers.lxd.errors import mapped
+from boshcpi.drivers.lxd.errors import mapped, to_bosh
 from boshcpi.protocol import CloudError, CpiError
 
 ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
@@ -37,25 +37,40 @@ def _metadata_yaml(spec: StemcellSpec, is_vm: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _multipart(boundary: str, meta: bytes, rootfs_name: str, rootfs_path: str) -> Iterator[bytes]:
-    def head(name: str) -> bytes:
+class Multipart:
+    """A multipart/form-data body (metadata + rootfs) streamed from disk, of known length, hashing
+    what it sends: the split image's fingerprint comes out of the same single read."""
+
+    def __init__(self, meta: bytes, rootfs_name: str, rootfs_path: str) -> None:
+        import hashlib
+
+        self.boundary = "boshcpi-" + os.urandom(12).hex()
+        self.rootfs_path = rootfs_path
+        self.head = self._head("metadata") + meta + b"\r\n" + self._head(rootfs_name)
+        self.tail = f"\r\n--{self.boundary}--\r\n".encode()
+        self.size = os.path.getsize(rootfs_path)
+        self.length = len(self.head) + self.size + len(self.tail)
+        self.hash = hashlib.sha256(meta)
+
+    def _head(self, name: str) -> bytes:
         return (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}"\r\n'
+            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
 
-    yield head("metadata") + meta + b"\r\n"
-    yield head(rootfs_name)
-    total = os.path.getsize(rootfs_path) or 1
-    sent, next_report, start = 0, 0.25, time.monotonic()
-    for chunk in stemcell.file_chunks(rootfs_path):
-        sent += len(chunk)
-        if sent / total >= next_report:
-            rate = sent / max(time.monotonic() - start, 1e-6) / 1e6
-            log.info(f"uploading image: {sent * 100 // total}% of {total // (1 << 20)} MiB ({rate:.0f} MB/s)")
-            next_report += 0.25
-        yield chunk
-    yield f"\r\n--{boundary}--\r\n".encode()
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.head
+        total = self.size or 1
+        sent, next_report, start = 0, 0.25, time.monotonic()
+        for chunk in stemcell.file_chunks(self.rootfs_path):
+            self.hash.update(chunk)
+            sent += len(chunk)
+            if sent / total >= next_report:
+                rate = sent / max(time.monotonic() - start, 1e-6) / 1e6
+                log.info(f"uploading image: {sent * 100 // total}% of {total // (1 << 20)} MiB ({rate:.0f} MB/s)")
+                next_report += 0.25
+            yield chunk
+        yield self.tail
 
 
 def find_alias(client: LXDClient, cid: str) -> str | None:
@@ -97,23 +112,28 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float) -> str:
             part = "rootfs.img"
         else:
             rootfs, part = spec.image_path, "rootfs"
-        fingerprint = stemcell.sha256_of(meta, rootfs)
-        if image_info(client, fingerprint) is not None:
-            log.info(f"image {fingerprint[:12]} already present: reusing it")
-            return fingerprint
-        boundary = "boshcpi-" + os.urandom(12).hex()
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        props = {"boshcpi": "true"}
-        headers[f"{client.header_prefix}properties"] = urlencode(props)
-        log.info(f"uploading {'VM' if is_vm else 'container'} image {fingerprint[:12]} from {spec.image_path}")
-        with mapped("create_stemcell: upload"):
-            status, _, payload = client.raw("POST", "/1.0/images", _multipart(boundary, meta, part, rootfs), headers)
+        # Upload straight away, hashing as it streams (no separate pass over a multi-GB image);
+        # LXD refuses an image it already holds by fingerprint, and then that image is reused.
+        body = Multipart(meta, part, rootfs)
+        headers = {
+            "Content-Type": f"multipart/form-data; boundary={body.boundary}",
+            f"{client.header_prefix}properties": urlencode({"boshcpi": "true"}),
+        }
+        log.info(f"uploading {'VM' if is_vm else 'container'} image from {spec.image_path}")
+        try:
+            status, _, payload = client.raw("POST", "/1.0/images", body, headers, length=body.length)
             op = client._result(status, payload, wait=False)
             result = client.wait(op["id"], timeout) if isinstance(op, dict) and "id" in op else op
-        got = (result or {}).get("fingerprint", fingerprint)
-        if got != fingerprint:
-            log.warn(f"daemon fingerprint {got[:12]} differs from computed {fingerprint[:12]}")
-        return got
+        except LXDError as e:
+            fingerprint = body.hash.hexdigest()
+            if "already exists" in e.message.lower() and image_info(client, fingerprint) is not None:
+                log.info(f"image {fingerprint[:12]} already present: reusing it")
+                return fingerprint
+            raise to_bosh(e, "create_stemcell: upload") from None
+        fingerprint = (result or {}).get("fingerprint") or body.hash.hexdigest()
+        if fingerprint != body.hash.hexdigest():
+            log.warn(f"daemon fingerprint {fingerprint[:12]} differs from computed {body.hash.hexdigest()[:12]}")
+        return fingerprint
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
