@@ -200,3 +200,19 @@ def test_vm_stemcell_imports_and_vm_creation_fails_cleanly_without_vm_support(da
         assert not [i for i in daemon.instances() if i.startswith("vm-")]
         assert set(daemon.volumes()) == before_volumes
         assert daemon.call("delete_stemcell", cid).ok() is None
+
+
+def test_settings_file_is_written_even_without_its_directory(daemon, warden_stemcell):
+    """A bare root filesystem may lack /var/vcap/bosh: the CPI creates the directories."""
+    from boshcpi import config
+    from boshcpi.drivers.lxd.cloud import LXDCloud
+
+    vm_cid, _ = daemon.call("create_vm", "agent-dir", warden_stemcell, {}, network(daemon, 26), [], {}).ok()
+    daemon.cli_run("exec", vm_cid, "--", "/bin/busybox", "rm", "-rf", "/var/vcap/bosh")
+    cloud = LXDCloud(config.load(str(daemon.config_path)))
+    cloud._write_container_settings(vm_cid, {"agent_id": "again"})
+    cloud.close()
+    assert json.loads(daemon.cli_run("exec", vm_cid, "--", "cat", "/var/vcap/bosh/warden-cpi-agent-env.json")) == {
+        "agent_id": "again"
+    }
+    daemon.call("delete_vm", vm_cid).ok()

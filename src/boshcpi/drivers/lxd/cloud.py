@@ -65,6 +65,7 @@ class LXDCloud(Cloud):
                 server_cert=s.tls_server_cert,
                 insecure=s.insecure_skip_verify,
                 timeout=self.cfg.operation_timeout,
+                server_type=s.type,
             )
         return self._client
 
@@ -214,11 +215,14 @@ class LXDCloud(Cloud):
             if not isinstance(dev, dict):
                 raise CpiError(f"cloud_properties.devices.{name}: expected an object of device keys")
         with mapped("create_vm: stemcell"):
-            fingerprint = images.find_alias(self.client, spec.stemcell_cid)
-            image = images.image_info(self.client, fingerprint) if fingerprint else None
-        if not image:
-            raise VMCreationFailed(f"create_vm: stemcell {spec.stemcell_cid} not found", ok_to_retry=False)
-        is_vm = image.get("type") == "virtual-machine"
+            alias = images.find_alias_info(self.client, spec.stemcell_cid)
+            if alias is None:
+                raise VMCreationFailed(f"create_vm: stemcell {spec.stemcell_cid} not found", ok_to_retry=False)
+            is_vm = alias.get("type") == "virtual-machine"
+            # Image properties pick the VM's boot config by stemcell line; containers need none.
+            image = images.image_info(self.client, alias["target"]) if is_vm else {}
+            if image is None:
+                raise VMCreationFailed(f"create_vm: stemcell {spec.stemcell_cid} not found", ok_to_retry=False)
         vm_cid = naming.new_vm_cid()
         made_volumes: list[str] = []
         made_instance = False
@@ -398,6 +402,13 @@ class LXDCloud(Cloud):
         data = agent_settings.dumps(settings)
         for attempt in range(1, 5):
             try:
+                try:
+                    self.client.push_file(vm_cid, path, data, mode=0o600)
+                    return
+                except LXDError as e:
+                    # Stemcells have /var/vcap/bosh; a bare root filesystem may not.
+                    if e.status not in (404, 500) or "forkfile" in e.message:
+                        raise
                 parent = ""
                 for part in os.path.dirname(path).strip("/").split("/"):
                     parent += "/" + part

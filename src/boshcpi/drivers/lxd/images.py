@@ -73,6 +73,16 @@ class Multipart:
         yield self.tail
 
 
+def find_alias_info(client: LXDClient, cid: str) -> dict | None:
+    """The alias behind a stemcell cid (`target` fingerprint, `type`), or None."""
+    try:
+        return client.get(f"/1.0/images/aliases/{quote(cid)}")
+    except LXDError as e:
+        if e.not_found:
+            return None
+        raise
+
+
 def find_alias(client: LXDClient, cid: str) -> str | None:
     """Fingerprint behind a stemcell cid, or None."""
     try:
