@@ -273,7 +273,7 @@ class LXDCloud(Cloud):
                 "profiles": [self.cfg.server.profile_name] if self.cfg.server.profile_name else [],
                 "description": f"bosh agent {spec.agent_id}",
             }
-            target = str(spec.cloud_properties.get("target") or self.cfg.server.target or "")
+            target = self._placement(spec, body["config"])
             fail_point("instance")
             made_instance = True  # set before the call: a timeout may still leave it behind
             with mapped("create_vm: instance"):
@@ -344,6 +344,48 @@ class LXDCloud(Cloud):
                     self._delete_volume(vol)
                 reclaimed = True
         return reclaimed
+
+    def _placement(self, spec: VMSpec, config: dict[str, str]) -> str:
+        """Cluster member or @group for a new VM. Precedence: the VM's cloud properties (the
+        director merges AZ, vm_type and vm_extensions there), a network's subnet cloud properties,
+        `server.target`; with none, VMs of one instance group are spread over the members."""
+        target = spec.cloud_properties.get("target")
+        if not target:
+            target = next(
+                (n.cloud_properties.get("target") for n in spec.networks.values() if n.cloud_properties.get("target")),
+                None,
+            )
+        target = str(target or self.cfg.server.target or "")
+        group = ((spec.env.get("bosh") or {}) if isinstance(spec.env.get("bosh"), dict) else {}).get("group")
+        if isinstance(group, str) and group:
+            config[META + "group"] = group
+            if not target:
+                target = self._spread(group)
+        return target
+
+    def _spread(self, group: str) -> str:
+        """Anti-affinity: the online member with the fewest VMs of this group (then fewest VMs)."""
+        env = self.client.server.get("environment") or {}
+        if not env.get("server_clustered"):
+            return ""
+        members = [
+            m["server_name"]
+            for m in self.client.get("/1.0/cluster/members", params={"recursion": 1}, project=False) or []
+            if m.get("status") == "Online"
+        ]
+        if len(members) < 2:
+            return ""
+        same = dict.fromkeys(members, 0)
+        total = dict.fromkeys(members, 0)
+        for inst in self.client.get("/1.0/instances", params={"recursion": 1}) or []:
+            loc = inst.get("location")
+            if loc in total:
+                total[loc] += 1
+                if (inst.get("config") or {}).get(META + "group") == group:
+                    same[loc] += 1
+        choice = min(members, key=lambda m: (same[m], total[m], m))
+        log.info(f"placing a VM of group {group} on {choice} (group per member: {same})")
+        return choice
 
     def _undo_create(self, vm_cid: str, made_instance: bool, volumes: list[str]) -> None:
         log.warn(f"create_vm failed: removing what it made ({vm_cid}, {len(volumes)} volume(s))")

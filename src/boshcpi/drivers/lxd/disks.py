@@ -148,6 +148,7 @@ def attach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> Any:
     others = [u for u in _users(vol) if u != vm_cid]
     if others:
         raise CloudError(f"attach_disk: disk {disk_cid} is attached to {', '.join(others)}; detach it first")
+    vol = _follow(cloud, pool, vol, disk_cid, inst)
     if is_vm and vol.get("content_type") != "block":
         raise CloudError(f"attach_disk: disk {disk_cid} is a filesystem volume; VMs need block disks")
     if not is_vm and vol.get("content_type") == "block":
@@ -188,6 +189,34 @@ def attach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> Any:
         )
     log.info(f"attached {disk_cid} to {vm_cid} as {hint}")
     return hint
+
+
+def _where(obj: dict[str, Any]) -> str:
+    loc = obj.get("location") or ""
+    return "" if loc == "none" else loc
+
+
+def _follow(cloud: LXDCloud, pool: str, vol: dict[str, Any], disk_cid: str, inst: dict[str, Any]) -> dict[str, Any]:
+    """On a cluster with a member-local pool, move the disk to the VM's member first."""
+    src, dst = _where(vol), _where(inst)
+    if not src or not dst or src == dst:
+        return vol
+    if not cloud.client.has_extension("cluster_internal_custom_volume_copy"):
+        raise CloudError(
+            f"attach_disk: disk {disk_cid} is on cluster member {src} and the VM on {dst}; pool {pool} is local to "
+            f"each member and this server cannot move custom volumes between members. Place the VM on {src} "
+            f"(cloud property target), or use a remote pool (ceph)"
+        )
+    log.info(f"moving disk {disk_cid} from {src} to {dst}")
+    with mapped("attach_disk: move disk"):
+        body = {
+            "name": disk_cid,
+            "type": "custom",
+            "source": {"type": "copy", "name": disk_cid, "pool": pool, "location": src},
+        }
+        cloud.client.request("POST", f"/1.0/storage-pools/{quote(pool)}/volumes/custom", body, params={"target": dst})
+        cloud.client.request("DELETE", _vol_path(pool, disk_cid), params={"target": src})
+        return cloud.client.get(_vol_path(pool, disk_cid), params={"target": dst})
 
 
 def detach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> None:

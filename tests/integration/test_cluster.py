@@ -1,0 +1,149 @@
+"""A real 2-member cluster (LXD 5.0, and Incus 6.0) on loopback: placement by member and by
+@group, spread of an instance group, subnet targets, disk locality, predeploy, doctor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from boshcpi import devstemcell as stemcells
+from boshcpi.hostinit import generate_cert
+from tests import cluster as cl
+from tests.helpers import ROOT, call
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module", params=["lxd", "incus"])
+def cluster(request, tmp_path_factory):
+    c = cl.start(request.param)
+    try:
+        tmp = tmp_path_factory.mktemp(f"cluster-{request.param}")
+        crt, key = generate_cert(str(tmp / "cert"), name="boshcpi-cluster-test")
+        c.cli("config", "trust", "add", crt) if c.kind == "lxd" else c.cli("config", "trust", "add-certificate", crt)
+        c.cli("cluster", "group", "create", "g2")
+        c.cli("cluster", "group", "assign", "m2", "g2")
+        cfg = {
+            "server": {
+                "type": c.kind,
+                "url": c.url,
+                "tls_server_cert": c.server_cert(),
+                "tls_client_cert": open(crt).read(),
+                "tls_client_key": open(key).read(),  # noqa: SIM115
+                "storage_pool_name": "local",
+                "network_name": "none",
+            }
+        }
+        path = tmp / "cpi.json"
+        path.write_text(json.dumps(cfg))
+        c.config_path = path
+        c.tmp = tmp
+        yield c
+    finally:
+        cl.stop(c)
+
+
+@pytest.fixture(scope="module")
+def stemcell(cluster, test_stemcells):
+    d = test_stemcells["warden"]
+    return call(cluster.config_path, "create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+
+
+def location(cluster, vm: str) -> str:
+    return cluster.query(f"/1.0/instances/{vm}")["location"]
+
+
+def create(cluster, stemcell, props=None, networks=None, env=None) -> str:
+    return call(cluster.config_path, "create_vm", "agent", stemcell, props or {}, networks or {}, [], env or {}).ok()[0]
+
+
+def test_target_by_member_and_by_group(cluster, stemcell):
+    vms = [
+        create(cluster, stemcell, {"target": "m2"}),
+        create(cluster, stemcell, {"target": "m1"}),
+        create(cluster, stemcell, {"target": "@g2"}),
+    ]
+    assert [location(cluster, vm) for vm in vms] == ["m2", "m1", "m2"]
+    for vm in vms:
+        call(cluster.config_path, "delete_vm", vm).ok()
+
+
+def test_subnet_target_applies_unless_the_vm_names_one(cluster, stemcell):
+    # A vip network makes no NIC (this cluster has no bridge), yet its subnet cloud properties count.
+    net = {"public": {"type": "vip", "ip": "203.0.113.7", "cloud_properties": {"target": "m2"}}}
+    vm1 = create(cluster, stemcell, {}, net)
+    vm2 = create(cluster, stemcell, {"target": "m1"}, net)
+    assert location(cluster, vm1) == "m2"
+    assert location(cluster, vm2) == "m1"
+    for vm in (vm1, vm2):
+        call(cluster.config_path, "delete_vm", vm).ok()
+
+
+def test_an_instance_group_is_spread_over_members(cluster, stemcell):
+    env = {"bosh": {"group": "director-cf-router", "groups": ["director", "cf", "router"]}}
+    vms = [create(cluster, stemcell, {}, {}, env) for _ in range(4)]
+    places = sorted(location(cluster, vm) for vm in vms)
+    assert places == ["m1", "m1", "m2", "m2"]
+    for vm in vms:
+        assert cluster.query(f"/1.0/instances/{vm}")["config"]["user.bosh.group"] == "director-cf-router"
+        call(cluster.config_path, "delete_vm", vm).ok()
+
+
+def test_disks_follow_their_vm(cluster, stemcell):
+    vm2 = create(cluster, stemcell, {"target": "m2"})
+    disk = call(cluster.config_path, "create_disk", 32, {}, vm2).ok()
+    vol = cluster.query(f"/1.0/storage-pools/local/volumes/custom/{disk}")
+    assert vol["location"] == "m2"
+    hint = call(cluster.config_path, "attach_disk", vm2, disk).ok()
+    assert hint == f"/warden-cpi-dev/{disk}"
+    call(cluster.config_path, "detach_disk", vm2, disk).ok()
+    vm1 = create(cluster, stemcell, {"target": "m1"})
+    resp = call(cluster.config_path, "attach_disk", vm1, disk)
+    extensions = cluster.query("/1.0")["api_extensions"]
+    if "cluster_internal_custom_volume_copy" in extensions:
+        assert resp.error is None, resp.error
+        assert cluster.query(f"/1.0/storage-pools/local/volumes/custom/{disk}")["location"] == "m1"
+        call(cluster.config_path, "detach_disk", vm1, disk).ok()
+    else:
+        assert resp.error_type == "Bosh::Clouds::CloudError"
+        assert "m2" in resp.error["message"] and "cannot move" in resp.error["message"]
+    call(cluster.config_path, "delete_disk", disk).ok()
+    for vm in (vm1, vm2):
+        call(cluster.config_path, "delete_vm", vm).ok()
+
+
+def test_predeploy_puts_the_stemcell_on_every_member(cluster, test_stemcells):
+    cfg = json.loads(cluster.config_path.read_text())
+    cfg["server"]["predeploy_stemcell"] = True
+    path = cluster.tmp / "predeploy.json"
+    path.write_text(json.dumps(cfg))
+    d = test_stemcells["warden"]
+    props = {**stemcells.cloud_properties(d), "version": "5.5"}
+    sc = call(path, "create_stemcell", str(d / "image"), props).ok()
+    assert not [i for i in cluster.query("/1.0/instances") if "pre-" in i]
+    vm = create(cluster, sc, {"target": "m2"})
+    call(path, "delete_vm", vm).ok()
+    call(path, "delete_stemcell", sc).ok()
+
+
+def test_doctor_reports_members_and_groups(cluster):
+    out = subprocess.run(
+        [sys.executable, "-m", "boshcpi.cli", "doctor", "--config", str(cluster.config_path), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    checks = {c["check"]: c for c in json.loads(out.stdout)}
+    assert checks["connection"]["status"] == "OK"
+    assert checks["member m1"]["status"] == "OK" and checks["member m2"]["status"] == "OK"
+    assert "g2" in checks["member m2"]["detail"]
+
+
+def test_everything_is_gone_at_the_end(cluster, stemcell):
+    assert call(cluster.config_path, "delete_stemcell", stemcell).ok() is None
+    assert not [i for i in cluster.query("/1.0/instances") if "vm-" in i]
+    assert cluster.query("/1.0/images") == []
+    assert not [v for v in cluster.query("/1.0/storage-pools/local/volumes/custom") if "vol-" in v]
