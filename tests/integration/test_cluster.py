@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,8 +32,8 @@ def cluster(request, tmp_path_factory):
                 "type": c.kind,
                 "url": c.url,
                 "tls_server_cert": c.server_cert(),
-                "tls_client_cert": open(crt).read(),
-                "tls_client_key": open(key).read(),  # noqa: SIM115
+                "tls_client_cert": Path(crt).read_text(),
+                "tls_client_key": Path(key).read_text(),
                 "storage_pool_name": "local",
                 "network_name": "none",
             }
