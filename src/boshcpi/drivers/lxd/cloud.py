@@ -238,12 +238,16 @@ class LXDCloud(Cloud):
                 made_volumes.append(vol)
                 dev = {"type": "disk", "pool": self.pool, "source": vol}
                 if is_vm:
-                    ephemeral_hint = VM_EPHEMERAL_HINT
+                    # Found by the agent as /dev/disk/by-id/*<device name> (serial lxd_<device>),
+                    # with the slot path as its fallback.
+                    name = "e" + naming.vm_uuid(vm_cid).replace("-", "")[:19]
+                    ephemeral_hint = {"id": name, "path": VM_EPHEMERAL_HINT}
                     dev["boot.priority"] = "0"
                 else:
+                    name = EPHEMERAL_DEVICE
                     dev["path"] = CONTAINER_EPHEMERAL_PATH
                     ephemeral_hint = CONTAINER_EPHEMERAL_PATH
-                devices[EPHEMERAL_DEVICE] = dev
+                devices[name] = dev
             settings = agent_settings.build(
                 agent_id=spec.agent_id,
                 vm_cid=vm_cid,
