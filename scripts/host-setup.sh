@@ -57,7 +57,7 @@ install_all() {
   # backports first: incus pulls QEMU 10, which needs libvirt 11 (HOST.md pitfall)
   install_pkgs bookworm-backports incus libvirt-daemon-system libvirt-clients qemu-system-x86 libvirt-dev
   install_pkgs "" lxd btrfs-progs busybox-static pkg-config dosfstools mtools xorriso ruby \
-    extlinux syslinux syslinux-common fdisk curl jq hyperfine cpio qemu-utils
+    extlinux syslinux syslinux-common fdisk curl jq hyperfine cpio qemu-utils openssl e2fsprogs
 }
 
 # ---- daemons -------------------------------------------------------------------------------

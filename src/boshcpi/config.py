@@ -8,6 +8,7 @@ Property names follow the Go LXD CPI so an operator can switch releases with the
 from __future__ import annotations
 
 from boshcpi.protocol import CpiError
+from boshcpi.protocol import type_name as _kind
 from boshcpi.record import Record
 
 TYPE_CHECKING = False
@@ -66,7 +67,7 @@ class Section(Record):
     _spec: dict[str, tuple[str, Any, Callable[[Any, str], None] | None]] = {}
 
     def __init__(self, **values: Any) -> None:
-        for name, (_kind, default, _check) in self._spec.items():
+        for name, (_k, default, _c) in self._spec.items():
             if name not in values:
                 values[name] = default() if callable(default) else default
         super().__init__(**values)
@@ -192,19 +193,6 @@ class Config(Section):
 CONFIG_SECTIONS = ("driver", "server", "agent", "agent_config", "throttle_config", "libvirt", "debug")
 
 # ---- building sections from JSON with key-path errors -------------------------------------
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
 
 
 def _coerce(kind: str, value: Any, path: str) -> Any:

@@ -220,18 +220,7 @@ def build_all(out: Path) -> dict[str, Path]:
         d = out / f"vm-{fmt}"
         if not (d / "image").exists():
             d.mkdir(exist_ok=True)
-            raw = raw_disk(d / "root.raw")
-            root = d / "root.img"
-            if fmt == "qcow2":
-                subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(root)], check=True)
-                raw.unlink()
-            else:
-                raw.rename(root)
-            props = dict(vm_properties(fmt), _formats=f"openstack-{fmt}")
-            (d / "stemcell.MF").write_text(manifest(props["name"], "1.0", props))
-            _image_tarball(d / "image.tmp", root)
-            root.unlink()
-            os.replace(d / "image.tmp", d / "image")
+            _pack_vm_stemcell(d, raw_disk(d / "root.raw"), fmt, vm_properties(fmt)["name"])
             _stemcell_tgz(
                 out / f"bosh-stemcell-vm-{fmt}-boshcpi-test.tgz", (d / "stemcell.MF").read_text(), d / "image"
             )
@@ -268,17 +257,22 @@ def build_boot_stemcell(out: Path, fmt: str = "qcow2") -> Path:
     if (d / "image").exists():
         return d
     d.mkdir(parents=True, exist_ok=True)
-    raw = devbootimage.build_disk(d / "root.raw", out / "kernel")
+    _pack_vm_stemcell(
+        d, devbootimage.build_disk(d / "root.raw", out / "kernel"), fmt, "bosh-openstack-kvm-boshcpi-boot-test"
+    )
+    return d
+
+
+def _pack_vm_stemcell(d: Path, raw: Path, fmt: str, name: str) -> None:
+    """root.img (raw, or converted to qcow2) in a gzipped `image` tarball, and its stemcell.MF."""
     root = d / "root.img"
     if fmt == "qcow2":
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(root)], check=True)
         raw.unlink()
     else:
         raw.rename(root)
-    props = dict(vm_properties(fmt), _formats=f"openstack-{fmt}")
-    props["name"] = "bosh-openstack-kvm-boshcpi-boot-test"
-    (d / "stemcell.MF").write_text(manifest(props["name"], "1.0", props))
+    props = dict(vm_properties(fmt), _formats=f"openstack-{fmt}", name=name)
+    (d / "stemcell.MF").write_text(manifest(name, "1.0", props))
     _image_tarball(d / "image.tmp", root)
     root.unlink()
     os.replace(d / "image.tmp", d / "image")
-    return d

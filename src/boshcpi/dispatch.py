@@ -7,6 +7,7 @@ errors are the caller's fault and answer Bosh::Clouds::CpiError naming the metho
 from __future__ import annotations
 
 from boshcpi.protocol import CpiError, NotImplementedByCpi, Request, shape_result
+from boshcpi.protocol import type_name as _type_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,19 +67,6 @@ HEAVY_METHODS = frozenset(
 )
 
 _KIND_NAMES = {"str": "a string", "int": "an integer", "dict": "an object", "list": "a list"}
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
 
 
 def _check(method: str, index: int, arg: Arg, value: Any) -> Any:

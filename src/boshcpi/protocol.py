@@ -85,6 +85,20 @@ class StemcellNotFound(CloudError):
     """The stemcell named by a cid does not exist (reported as a CloudError, the director's type)."""
 
 
+def type_name(value: Any) -> str:
+    """A JSON value's type as error messages name it: 'an object', 'a list', 'null', ..."""
+    if value is None:
+        return "null"
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
+
+
 # ---- requests -----------------------------------------------------------------------------
 
 

@@ -351,6 +351,16 @@ class LXDClient:
             if op.get("status") == "Running" and op.get("metadata"):
                 log.debug(f"operation {op_id}: {op['metadata']}")
 
+    def delete(self, path: str, **kw: Any) -> bool:
+        """DELETE that treats a missing object as done: True if it deleted, False if already gone."""
+        try:
+            self.request("DELETE", path, **kw)
+            return True
+        except LXDError as e:
+            if e.not_found:
+                return False
+            raise
+
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
 

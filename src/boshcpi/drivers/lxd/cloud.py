@@ -414,10 +414,9 @@ class LXDCloud(Cloud):
 
     def _delete_volume(self, name: str) -> None:
         try:
-            self.client.request("DELETE", f"/1.0/storage-pools/{self.pool}/volumes/custom/{quote(name)}")
+            self.client.delete(f"/1.0/storage-pools/{self.pool}/volumes/custom/{quote(name)}")
         except LXDError as e:
-            if not e.not_found:
-                log.warn(f"cannot delete volume {name}: {e.message}")
+            log.warn(f"cannot delete volume {name}: {e.message}")
 
     def _write_config_volume(self, vm_cid: str, settings: dict[str, Any]) -> str:
         """Upload the config drive image as a small block volume (custom volume backup import)."""
@@ -496,11 +495,7 @@ class LXDCloud(Cloud):
                     and "not running" not in e.message.lower()
                 ):
                     raise
-        try:
-            self.client.request("DELETE", f"/1.0/instances/{quote(vm_cid)}")
-        except LXDError as e:
-            if not e.not_found:
-                raise
+        self.client.delete(f"/1.0/instances/{quote(vm_cid)}")
         return inst
 
     def delete_vm(self, vm_cid: str) -> None:

@@ -114,11 +114,7 @@ def delete(cloud: LXDCloud, disk_cid: str) -> None:
         users = _users(vol)
         if users:
             raise CloudError(f"delete_disk: disk {disk_cid} is attached to {', '.join(users)}; detach it first")
-        try:
-            cloud.client.request("DELETE", _vol_path(pool, disk_cid))
-        except LXDError as e:
-            if not e.not_found:
-                raise
+        cloud.client.delete(_vol_path(pool, disk_cid))
 
 
 def _instance(cloud: LXDCloud, vm_cid: str, action: str) -> tuple[dict[str, Any], str]:
@@ -334,11 +330,7 @@ def delete_snapshot(cloud: LXDCloud, snapshot_cid: str) -> None:
         if found is None:
             log.info(f"snapshot {snapshot_cid}: its disk is gone")
             return
-        try:
-            cloud.client.request("DELETE", f"{_vol_path(found[0], disk_cid)}/snapshots/{name}")
-        except LXDError as e:
-            if not e.not_found:
-                raise
+        if not cloud.client.delete(f"{_vol_path(found[0], disk_cid)}/snapshots/{name}"):
             log.info(f"snapshot {snapshot_cid} is already gone")
 
 

@@ -191,16 +191,8 @@ def delete(client: LXDClient, cid: str) -> None:
                     f"delete_stemcell: stemcell {cid} is still used by {len(users)} VM(s): "
                     f"{', '.join(sorted(users)[:5])}; delete them first"
                 )
-        try:
-            client.request("DELETE", f"/1.0/images/aliases/{quote(cid)}")
-        except LXDError as e:
-            if not e.not_found:
-                raise
+        client.delete(f"/1.0/images/aliases/{quote(cid)}")
         if others:
             log.info(f"image {fingerprint[:12]} kept: still the stemcell(s) {', '.join(others)}")
             return
-        try:
-            client.request("DELETE", f"/1.0/images/{fingerprint}")
-        except LXDError as e:
-            if not e.not_found:
-                raise
+        client.delete(f"/1.0/images/{fingerprint}")
