@@ -47,9 +47,12 @@ def run_cpi(argv: list[str]) -> int:
         log.warn("unexpected failure:\n" + "".join(traceback.format_exception(e)).rstrip())
         err = CloudError(log.redact(f"{type(e).__name__}: {e}"))
         out = failure(err, log.condensed())
-    sys.stdout.write(out)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(out + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the caller went away; nothing left to tell it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

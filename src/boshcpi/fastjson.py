@@ -44,7 +44,7 @@ _scanner = _json.make_scanner(_Context()) if _json else None
 def loads(data: str | bytes | bytearray) -> Any:
     if isinstance(data, (bytes, bytearray)):
         try:
-            data = bytes(data).decode("utf-8-sig")
+            data = bytes(data).decode("utf-8").removeprefix("\ufeff")  # utf-8-sig costs an import
         except UnicodeDecodeError as e:
             raise JSONError(f"not UTF-8: {e}") from None
     if _scanner is None:  # pragma: no cover
