@@ -182,7 +182,7 @@ def test_vm_stemcell_imports_and_vm_creation_fails_cleanly_without_vm_support(da
         image = daemon.api(f"/1.0/images/{fingerprint}")
         assert image["type"] == "virtual-machine"
         assert image["properties"]["bosh.stemcell.kind"] == "vm"
-        before_volumes = set(daemon.volumes())
+        before_volumes, before_instances = set(daemon.volumes()), set(daemon.instances())
         resp = daemon.call("create_vm", "agent-vm", cid, {"ephemeral_disk": 64}, network(daemon, 25), [], {})
         server = daemon.api("/1.0")
         from boshcpi.doctor import instance_types
@@ -197,7 +197,7 @@ def test_vm_stemcell_imports_and_vm_creation_fails_cleanly_without_vm_support(da
         else:
             assert resp.error_type == "Bosh::Clouds::VMCreationFailed"
         # Either way nothing of the attempt is left: no instance, no ephemeral or config volume.
-        assert not [i for i in daemon.instances() if i.startswith("vm-")]
+        assert set(daemon.instances()) == before_instances
         assert set(daemon.volumes()) == before_volumes
         assert daemon.call("delete_stemcell", cid).ok() is None
 
@@ -215,4 +215,17 @@ def test_settings_file_is_written_even_without_its_directory(daemon, warden_stem
     assert json.loads(daemon.cli_run("exec", vm_cid, "--", "cat", "/var/vcap/bosh/warden-cpi-agent-env.json")) == {
         "agent_id": "again"
     }
+    daemon.call("delete_vm", vm_cid).ok()
+
+
+def test_settings_reach_the_container_when_the_stopped_file_api_fails(daemon, warden_stemcell):
+    """LXD 5.0's file API on stopped containers fails now and then under load (forkfile): the CPI
+    then writes the settings into the running container and restarts it."""
+    resp = daemon.call("create_vm", "agent-ff", warden_stemcell, {}, network(daemon, 27), [], {},
+                       env={"BOSHCPI_FAIL_AT": "forkfile"})
+    vm_cid, _ = resp.ok()
+    assert "writing it running" in resp.stderr
+    settings = json.loads(daemon.cli_run("exec", vm_cid, "--", "cat", "/var/vcap/bosh/warden-cpi-agent-env.json"))
+    assert settings["agent_id"] == "agent-ff"
+    assert daemon.api(f"/1.0/instances/{vm_cid}")["status"] == "Running"
     daemon.call("delete_vm", vm_cid).ok()

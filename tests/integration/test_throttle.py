@@ -143,8 +143,9 @@ def test_killed_holder_releases_its_lease(lxd, stemcell, tmp_path):
             time.sleep(0.1)
         # The next caller gets the lease at once.
         start = time.monotonic()
-        assert call(config, "create_disk", 16, {}, None).ok()
+        disk = call(config, "create_disk", 16, {}, None).ok()
         assert time.monotonic() - start < 10
+        call(config, "delete_disk", disk).ok()
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.lxd
 
 def test_fifty_mixed_calls_from_ten_workers(lxd, test_stemcells):
     ctx = lxd
+    volumes_before, instances_before = set(ctx.volumes()), set(ctx.instances())
     d = test_stemcells["warden"]
     sc = ctx.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
     rng = random.Random(7)
@@ -54,10 +55,10 @@ def test_fifty_mixed_calls_from_ten_workers(lxd, test_stemcells):
     assert sum(r["calls"] for r in results) >= 50
     vms = {v for r in results for v in r["vms"]}
     disks = {d for r in results for d in r["disks"]}
-    assert {i for i in ctx.instances() if i.startswith("vm-")} == vms
-    assert {v for v in ctx.volumes() if v.startswith("vol-p-")} == disks
+    assert set(ctx.instances()) - instances_before == vms
+    assert {v for v in ctx.volumes() if v.startswith("vol-p-")} - volumes_before == disks
     # Every remaining VM still has its ephemeral volume; no ephemeral volume of a deleted VM is left.
-    assert {v for v in ctx.volumes() if v.startswith("vol-e-")} == {f"vol-e-{v[3:]}" for v in vms}
+    assert {v for v in ctx.volumes() if v.startswith("vol-e-")} - volumes_before == {f"vol-e-{v[3:]}" for v in vms}
     for vm in vms:
         for disk in ctx.call("get_disks", vm).ok():
             ctx.call("detach_disk", vm, disk).ok()
@@ -67,4 +68,4 @@ def test_fifty_mixed_calls_from_ten_workers(lxd, test_stemcells):
             ctx.call("delete_snapshot", f"{disk}@{snap.rsplit('/', 1)[-1].split('?')[0]}").ok()
         ctx.call("delete_disk", disk).ok()
     ctx.call("delete_stemcell", sc).ok()
-    assert not [v for v in ctx.volumes() if v.startswith("vol-")]
+    assert set(ctx.volumes()) == volumes_before

@@ -53,22 +53,41 @@ class RecordingDaemon:
 
 
 def make(kind: str, os_line: str):
-    cfg = config.from_dict({"server": {"network_name": "br0", "storage_pool_name": "fast"},
-                            "agent": {"mbus": "nats://u:p@10.0.0.1:4222", "ntp": ["ntp"]},
-                            "agent_config": {"type": kind}})
+    cfg = config.from_dict(
+        {
+            "server": {"network_name": "br0", "storage_pool_name": "fast"},
+            "agent": {"mbus": "nats://u:p@10.0.0.1:4222", "ntp": ["ntp"]},
+            "agent_config": {"type": kind},
+        }
+    )
     cloud = LXDCloud(cfg)
     cloud._client = RecordingDaemon(os_line)
     return cloud
 
 
-NETS = {"default": {"type": "manual", "ip": "10.245.0.20", "netmask": "255.255.255.0", "gateway": "10.245.0.1",
-                    "dns": ["10.245.0.1"], "default": ["dns", "gateway"], "cloud_properties": {}}}
+NETS = {
+    "default": {
+        "type": "manual",
+        "ip": "10.245.0.20",
+        "netmask": "255.255.255.0",
+        "gateway": "10.245.0.1",
+        "dns": ["10.245.0.1"],
+        "default": ["dns", "gateway"],
+        "cloud_properties": {},
+    }
+}
 
 
 def spec(props=None):
-    return VMSpec(agent_id="agent-vm", stemcell_cid="img-1", cloud_properties=props or {"instance_type": "c2-m4",
-                  "ephemeral_disk": 2048}, networks=build_networks("create_vm", NETS), disk_cids=(), env={"bosh": {}},
-                  raw_networks=NETS)
+    return VMSpec(
+        agent_id="agent-vm",
+        stemcell_cid="img-1",
+        cloud_properties=props or {"instance_type": "c2-m4", "ephemeral_disk": 2048},
+        networks=build_networks("create_vm", NETS),
+        disk_cids=(),
+        env={"bosh": {}},
+        raw_networks=NETS,
+    )
 
 
 def settings_from_import(body: bytes) -> dict:
@@ -79,10 +98,13 @@ def settings_from_import(body: bytes) -> dict:
     return configdisk.read_settings(image, userdata_path="ec2/latest/user-data")
 
 
-@pytest.mark.parametrize(("kind", "os_line", "boot"), [
-    ("CDROM", "ubuntu-jammy", {"security.csm": "true", "security.secureboot": "false"}),
-    ("FAT32", "ubuntu-noble", {"security.secureboot": "false"}),
-])
+@pytest.mark.parametrize(
+    ("kind", "os_line", "boot"),
+    [
+        ("CDROM", "ubuntu-jammy", {"security.csm": "true", "security.secureboot": "false"}),
+        ("FAT32", "ubuntu-noble", {"security.secureboot": "false"}),
+    ],
+)
 def test_vm_request(kind, os_line, boot):
     cloud = make(kind, os_line)
     vm_cid, nets = cloud.create_vm(spec())
@@ -96,8 +118,13 @@ def test_vm_request(kind, os_line, boot):
     assert inst["type"] == "virtual-machine" and inst["source"] == {"type": "image", "alias": "img-1"}
     devices, cfg = inst["devices"], inst["config"]
     assert devices["root"] == {"type": "disk", "path": "/", "pool": "fast"}  # no size: no full copy
-    assert devices["eth0"] == {"type": "nic", "name": "eth0", "hwaddr": nets["default"]["mac"], "network": "br0",
-                               "ipv4.address": "10.245.0.20"}
+    assert devices["eth0"] == {
+        "type": "nic",
+        "name": "eth0",
+        "hwaddr": nets["default"]["mac"],
+        "network": "br0",
+        "ipv4.address": "10.245.0.20",
+    }
     eph_dev = "e" + vm_cid[3:].replace("-", "")[:19]
     assert devices[eph_dev]["source"] == eph["name"] and "path" not in devices[eph_dev]
     assert devices["cfg"]["source"].startswith(f"vol-c-{vm_cid[3:]}")
@@ -122,9 +149,17 @@ def test_vm_request(kind, os_line, boot):
 
 def test_raw_devices_and_config_merge_over_ours():
     cloud = make("CDROM", "ubuntu-jammy")
-    cloud.create_vm(spec({"config": {"limits.cpu": "8", "security.secureboot": True},
-                          "devices": {"gpu": {"type": "gpu"}, "root": {"type": "disk", "path": "/", "pool": "ssd",
-                                                                        "size": "20GiB"}}}))
+    cloud.create_vm(
+        spec(
+            {
+                "config": {"limits.cpu": "8", "security.secureboot": True},
+                "devices": {
+                    "gpu": {"type": "gpu"},
+                    "root": {"type": "disk", "path": "/", "pool": "ssd", "size": "20GiB"},
+                },
+            }
+        )
+    )
     inst = next(body for method, path, body in cloud._client.sent if path == "/1.0/instances")
     assert inst["config"]["limits.cpu"] == "8" and inst["config"]["security.secureboot"] == "true"
     assert inst["devices"]["gpu"] == {"type": "gpu"} and inst["devices"]["root"]["pool"] == "ssd"

@@ -283,10 +283,11 @@ class LXDCloud(Cloud):
             with mapped("create_vm: instance"):
                 self.client.request("POST", "/1.0/instances", body, params={"target": target})
             fail_point("settings")
-            if not is_vm:
-                self._write_container_settings(vm_cid, settings)
-            fail_point("start")
-            self._start(vm_cid)
+            if is_vm:
+                fail_point("start")
+                self._start(vm_cid)
+            else:
+                self._settings_then_start(vm_cid, settings)
         except BaseException as e:
             self._undo_create(vm_cid, made_instance, made_volumes)
             if isinstance(e, VMCreationFailed):
@@ -442,10 +443,10 @@ class LXDCloud(Cloud):
             )
         return name
 
-    def _write_container_settings(self, vm_cid: str, settings: dict[str, Any]) -> None:
+    def _write_container_settings(self, vm_cid: str, settings: dict[str, Any], attempts: int = 4) -> None:
         path = agent_settings.CONTAINER_SETTINGS_PATH
         data = agent_settings.dumps(settings)
-        for attempt in range(1, 5):
+        for attempt in range(1, attempts + 1):
             try:
                 try:
                     self.client.push_file(vm_cid, path, data, mode=0o600)
@@ -461,15 +462,39 @@ class LXDCloud(Cloud):
                 self.client.push_file(vm_cid, path, data, mode=0o600)
                 return
             except LXDError as e:
-                # LXD 5.0's file API on a stopped container goes through a per-instance helper
-                # (forkfile) that fails transiently when many instances start at once: retry.
                 transient = "forkfile" in e.message or e.unreachable
-                if not transient or attempt == 4:
-                    raise to_bosh(e, "write agent settings") from None
+                if not transient or attempt == attempts:
+                    raise
                 log.warn(f"write agent settings: {e.message}; retrying")
                 import time
 
                 time.sleep(0.25 * attempt)
+
+    def _settings_then_start(self, vm_cid: str, settings: dict[str, Any]) -> None:
+        """Push the settings file into the stopped container, then start it. LXD 5.0's file API
+        on stopped containers goes through a helper (forkfile) that fails now and then when many
+        instances are created at once, and then keeps failing for that instance; the file API of a
+        running container does not. So on that failure: start, push, and restart, so the agent
+        still boots with its settings in place."""
+        try:
+            if os.environ.get("BOSHCPI_FAIL_AT") == "forkfile":  # test hook: LXD's transient failure
+                raise LXDError(500, "injected failure: dial unix forkfile.sock: no such file or directory")
+            self._write_container_settings(vm_cid, settings, attempts=1)
+        except LXDError as e:
+            if "forkfile" not in e.message:
+                raise to_bosh(e, "write agent settings") from None
+            log.warn(f"write agent settings into the stopped container failed ({e.message}); writing it running")
+            self._start(vm_cid)
+            try:
+                self._write_container_settings(vm_cid, settings)
+            except LXDError as e2:
+                raise to_bosh(e2, "write agent settings") from None
+            with mapped("restart after writing settings"):
+                self.client.request("PUT", f"/1.0/instances/{vm_cid}/state",
+                                    {"action": "restart", "timeout": 30, "force": True})
+            return
+        fail_point("start")
+        self._start(vm_cid)
 
     def read_container_settings(self, vm_cid: str) -> dict[str, Any]:
         with mapped("read agent settings", not_found=VMNotFound(f"VM {vm_cid} not found")):

@@ -368,7 +368,8 @@ def read_settings(cloud: LXDCloud, vm_cid: str, inst: dict[str, Any]) -> dict[st
 def write_settings(cloud: LXDCloud, vm_cid: str, settings: dict[str, Any]) -> None:
     inst, etag = _instance(cloud, vm_cid, "write settings")
     if inst.get("type") != "virtual-machine":
-        cloud._write_container_settings(vm_cid, settings)
+        with mapped("write agent settings"):
+            cloud._write_container_settings(vm_cid, settings)
         return
     from boshcpi.drivers.lxd.cloud import CONFIG_DEVICE
 
