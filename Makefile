@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DRIVER ?= lxd
 
-.PHONY: all host venv compile test unit integration lint demo bench clean-test cluster-test
+.PHONY: all host venv compile test unit lint demo bench
 
 all: test
 

@@ -251,3 +251,30 @@ def test_cleanup_removes_what_a_killed_create_vm_left(tmp_path, boot_stemcell):
         assert ctx.volumes() == before
     finally:
         ctx.call("delete_stemcell", sc).ok()
+
+
+def test_doctor_on_libvirt(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    ctx = Ctx(tmp_path, "FAT32")
+
+    def doctor(path):
+        out = subprocess.run([sys.executable, "-m", "boshcpi.cli", "doctor", "--config", str(path), "--json"],
+                             cwd=ROOT, capture_output=True, text=True)
+        return out.returncode, {c["check"]: c for c in json.loads(out.stdout)}
+
+    rc, checks = doctor(ctx.path)
+    assert rc == 0, checks
+    assert checks["connection"]["status"] == "OK" and checks["storage pool"]["status"] == "OK"
+    assert checks["domain type"]["status"] == "OK" and checks["network"]["status"] == "OK"
+    bad = json.loads(ctx.path.read_text())
+    bad["libvirt"]["storage_pool_name"] = "no-such-pool"
+    bad["libvirt"]["network_name"] = "no-such-net"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    rc, checks = doctor(path)
+    assert rc == 1
+    assert checks["storage pool"]["status"] == "FAIL" and checks["network"]["status"] == "FAIL"
