@@ -262,8 +262,12 @@ def test_doctor_on_libvirt(tmp_path):
     ctx = Ctx(tmp_path, "FAT32")
 
     def doctor(path):
-        out = subprocess.run([sys.executable, "-m", "boshcpi.cli", "doctor", "--config", str(path), "--json"],
-                             cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "boshcpi.cli", "doctor", "--config", str(path), "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         return out.returncode, {c["check"]: c for c in json.loads(out.stdout)}
 
     rc, checks = doctor(ctx.path)

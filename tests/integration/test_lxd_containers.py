@@ -221,8 +221,9 @@ def test_settings_file_is_written_even_without_its_directory(daemon, warden_stem
 def test_settings_reach_the_container_when_the_stopped_file_api_fails(daemon, warden_stemcell):
     """LXD 5.0's file API on stopped containers fails now and then under load (forkfile): the CPI
     then writes the settings into the running container and restarts it."""
-    resp = daemon.call("create_vm", "agent-ff", warden_stemcell, {}, network(daemon, 27), [], {},
-                       env={"BOSHCPI_FAIL_AT": "forkfile"})
+    resp = daemon.call(
+        "create_vm", "agent-ff", warden_stemcell, {}, network(daemon, 27), [], {}, env={"BOSHCPI_FAIL_AT": "forkfile"}
+    )
     vm_cid, _ = resp.ok()
     assert "writing it running" in resp.stderr
     settings = json.loads(daemon.cli_run("exec", vm_cid, "--", "cat", "/var/vcap/bosh/warden-cpi-agent-env.json"))

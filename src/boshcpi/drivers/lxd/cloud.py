@@ -490,8 +490,9 @@ class LXDCloud(Cloud):
             except LXDError as e2:
                 raise to_bosh(e2, "write agent settings") from None
             with mapped("restart after writing settings"):
-                self.client.request("PUT", f"/1.0/instances/{vm_cid}/state",
-                                    {"action": "restart", "timeout": 30, "force": True})
+                self.client.request(
+                    "PUT", f"/1.0/instances/{vm_cid}/state", {"action": "restart", "timeout": 30, "force": True}
+                )
             return
         fail_point("start")
         self._start(vm_cid)
