@@ -5,6 +5,8 @@ boshcpi throttle --config PATH   lease server
 boshcpi cleanup --config PATH [--apply] [--older-than 1h] [--json]
 boshcpi doctor --config PATH     preflight checks
 boshcpi init --config PATH       idempotent host set-up
+boshcpi demo [--driver lxd|incus|libvirt]   a director-like lifecycle on this host
+boshcpi check-config --config PATH          load a config, print the effective values
 """
 
 from __future__ import annotations
