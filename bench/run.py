@@ -269,7 +269,10 @@ class Bench:
         shutil.rmtree(work)
         mib = size >> 20
         self.row(
-            f"create_stemcell {mib} MiB vs lxc image import", _stats(ours_times), _stats(lxc_times), "ratio <= 1.2"
+            f"create_stemcell {mib} MiB vs {self.cli} image import",
+            _stats(ours_times),
+            _stats(lxc_times),
+            "ratio <= 1.2",
         )
         self.rows.append(
             {
