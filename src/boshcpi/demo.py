@@ -40,22 +40,7 @@ def _cpi(config: Path, method: str, *args: Any) -> Any:
 
 
 def _lxd_config(kind: str, tmp: Path) -> Path:
-    cli = "lxc" if kind == "lxd" else "incus"
-    subprocess.run(
-        [
-            cli,
-            "project",
-            "create",
-            DEMO_PROJECT,
-            "-c",
-            "features.images=true",
-            "-c",
-            "features.profiles=true",
-            "-c",
-            "features.storage.volumes=true",
-        ],
-        capture_output=True,
-    )
+    # The project, its profile, the pool and the bridge come from `boshcpi init` (run first).
     cfg = {
         "server": {
             "type": kind,
