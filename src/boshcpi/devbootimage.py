@@ -77,7 +77,14 @@ def _kernel_deb(cache: Path) -> Path:
     pkg = next(line.split()[-1] for line in out.stdout.splitlines() if "Depends: linux-image-" in line)
     cache.mkdir(parents=True, exist_ok=True)
     os.chmod(cache, 0o777)  # apt's _apt user downloads into it
-    subprocess.run(["apt-get", "download", "-q", pkg], cwd=cache, check=True, capture_output=True)
+    try:
+        subprocess.run(["apt-get", "download", "-q", pkg], cwd=cache, check=True, capture_output=True)
+    except subprocess.CalledProcessError:
+        # Package lists older than the mirror name a kernel it no longer has: refresh, ask again.
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        out = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True, check=True)
+        pkg = next(line.split()[-1] for line in out.stdout.splitlines() if "Depends: linux-image-" in line)
+        subprocess.run(["apt-get", "download", "-q", pkg], cwd=cache, check=True, capture_output=True)
     return sorted(cache.glob("linux-image-*-amd64_*.deb"))[-1]
 
 
