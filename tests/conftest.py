@@ -174,3 +174,12 @@ def daemon(request):
 @pytest.fixture(scope="session")
 def test_stemcells() -> dict[str, Path]:
     return stemcells.build_all(CACHE / "stemcells")
+
+
+@pytest.fixture(scope="module")
+def lxd_stemcell(lxd, test_stemcells):
+    """A warden-style stemcell uploaded to LXD for one test module."""
+    d = test_stemcells["warden"]
+    cid = lxd.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+    yield cid
+    lxd.call("delete_stemcell", cid)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from boshcpi import devstemcell as stemcells
 from tests.helpers import ROOT, call
 
 pytestmark = pytest.mark.lxd
@@ -57,14 +56,6 @@ def status(sock: Path) -> dict:
         return json.loads(s.makefile().readline())
 
 
-@pytest.fixture(scope="module")
-def stemcell(lxd, test_stemcells):
-    d = test_stemcells["warden"]
-    cid = lxd.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
-    yield cid
-    lxd.call("delete_stemcell", cid)
-
-
 def run_twelve(ctx, config: Path, stemcell: str, trace: Path) -> list:
     env = {"BOSHCPI_THROTTLE_TRACE": str(trace)}
     with ThreadPoolExecutor(12) as pool:
@@ -78,14 +69,14 @@ def run_twelve(ctx, config: Path, stemcell: str, trace: Path) -> list:
     return results
 
 
-def test_lease_server_caps_concurrent_create_vm(lxd, stemcell, tmp_path):
+def test_lease_server_caps_concurrent_create_vm(lxd, lxd_stemcell, tmp_path):
     sock = tmp_path / "throttle.sock"
     server = start_server(sock, 3, "2m")
     try:
         assert oct(os.stat(sock).st_mode & 0o777) == "0o660"
         config = lxd.write_config(throttle_config={"enabled": True, "path": str(sock), "limit": 3})
         trace = tmp_path / "trace"
-        results = run_twelve(lxd, config, stemcell, trace)
+        results = run_twelve(lxd, config, lxd_stemcell, trace)
         assert len(results) == 12 and all(r.error is None for r in results)
         assert max_concurrency(trace) == 3
         assert not any("flock fallback" in r.stderr or "not reachable" in r.stderr for r in results)
@@ -98,17 +89,17 @@ def test_lease_server_caps_concurrent_create_vm(lxd, stemcell, tmp_path):
     assert not sock.exists()
 
 
-def test_flock_fallback_enforces_the_same_limit(lxd, stemcell, tmp_path):
+def test_flock_fallback_enforces_the_same_limit(lxd, lxd_stemcell, tmp_path):
     sock = tmp_path / "nobody-listens.sock"
     config = lxd.write_config(throttle_config={"enabled": True, "path": str(sock), "limit": 3})
     trace = tmp_path / "trace"
-    results = run_twelve(lxd, config, stemcell, trace)
+    results = run_twelve(lxd, config, lxd_stemcell, trace)
     assert all(r.error is None for r in results)
     assert max_concurrency(trace) == 3
     assert all("using flock slots" in r.stderr for r in results)
 
 
-def test_killed_holder_releases_its_lease(lxd, stemcell, tmp_path):
+def test_killed_holder_releases_its_lease(lxd, lxd_stemcell, tmp_path):
     sock = tmp_path / "throttle.sock"
     server = start_server(sock, 1, "20s")
     try:
@@ -116,7 +107,7 @@ def test_killed_holder_releases_its_lease(lxd, stemcell, tmp_path):
         request = json.dumps(
             {
                 "method": "create_vm",
-                "arguments": ["agent-k", stemcell, {"ephemeral_disk": 32}, {}, [], {}],
+                "arguments": ["agent-k", lxd_stemcell, {"ephemeral_disk": 32}, {}, [], {}],
                 "context": {},
             }
         )

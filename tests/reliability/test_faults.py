@@ -22,22 +22,14 @@ from tests.integration.test_lxd_containers import network
 pytestmark = pytest.mark.lxd
 
 
-@pytest.fixture(scope="module")
-def stemcell(lxd, test_stemcells):
-    d = test_stemcells["warden"]
-    cid = lxd.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
-    yield cid
-    lxd.call("delete_stemcell", cid)
-
-
 def sh(ctx, vm: str, script: str) -> str:
     return ctx.cli_run("exec", vm, "--", "sh", "-c", script)
 
 
-def test_killed_calls_then_retries_then_cleanup_lose_nothing(lxd, stemcell, test_stemcells):
+def test_killed_calls_then_retries_then_cleanup_lose_nothing(lxd, lxd_stemcell, test_stemcells):
     ctx = lxd
     volumes_before, instances_before = set(ctx.volumes()), set(ctx.instances())
-    vm, _ = ctx.call("create_vm", "agent-f1", stemcell, {"ephemeral_disk": 32}, network(ctx, 61), [], {}).ok()
+    vm, _ = ctx.call("create_vm", "agent-f1", lxd_stemcell, {"ephemeral_disk": 32}, network(ctx, 61), [], {}).ok()
     disk = ctx.call("create_disk", 32, {}, vm).ok()
     hint = ctx.call("attach_disk", vm, disk).ok()
     sh(ctx, vm, f"echo survivor > {hint}/data && sync")
@@ -47,10 +39,10 @@ def test_killed_calls_then_retries_then_cleanup_lose_nothing(lxd, stemcell, test
     killed_call(
         ctx.config_path,
         "create_vm",
-        ["agent-f2", stemcell, {"ephemeral_disk": 32}, network(ctx, 62), [], {}],
+        ["agent-f2", lxd_stemcell, {"ephemeral_disk": 32}, network(ctx, 62), [], {}],
         "settings",
     )
-    vm2, _ = ctx.call("create_vm", "agent-f2", stemcell, {"ephemeral_disk": 32}, network(ctx, 62), [], {}).ok()
+    vm2, _ = ctx.call("create_vm", "agent-f2", lxd_stemcell, {"ephemeral_disk": 32}, network(ctx, 62), [], {}).ok()
     # attach_disk killed between the device and the settings; the retry completes it.
     killed_call(ctx.config_path, "attach_disk", [vm2, disk], "attach-settings")
     hint2 = ctx.call("attach_disk", vm2, disk).ok()
