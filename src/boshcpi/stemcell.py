@@ -6,7 +6,6 @@ tar holding `root.img` (VM stemcells) or a root filesystem (warden-style stemcel
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
@@ -21,19 +20,6 @@ VM_IMAGE_NAMES = ("root.img", "./root.img", "disk.raw", "./disk.raw")
 def check_image_path(path: str) -> None:
     if not os.path.isfile(path):
         raise CpiError(f"create_stemcell: image {path!r} does not exist or is not a file")
-
-
-def first_member(path: str) -> str:
-    """Name of the first regular file or directory in a (compressed) tar, without reading the rest."""
-    try:
-        with tarfile.open(path, mode="r|*") as tf:
-            for member in tf:
-                name = member.name
-                if name not in (".", "./"):
-                    return name
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise CpiError(f"create_stemcell: {path!r} is not a readable tarball: {e}") from None
-    raise CpiError(f"create_stemcell: {path!r} is an empty tarball")
 
 
 def is_vm_image(path: str) -> bool:
@@ -80,18 +66,6 @@ def file_chunks(path: str) -> Iterator[bytes]:
             if not chunk:
                 return
             yield chunk
-
-
-def sha256_of(*parts: bytes | str) -> str:
-    """SHA-256 over byte strings and files, in order (LXD's fingerprint of a split image)."""
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, bytes):
-            h.update(part)
-        else:
-            for chunk in file_chunks(part):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def metadata_tarball(yaml_text: str) -> bytes:
