@@ -11,6 +11,7 @@ from boshcpi.agent import settings as agent_settings
 from boshcpi.cloud import Cloud, parse_vm_size
 from boshcpi.drivers import STEMCELL_FORMATS
 from boshcpi.drivers.libvirt import domain as dom_xml
+from boshcpi.faults import fail_point
 from boshcpi.protocol import (
     BoshError,
     CloudError,
@@ -31,17 +32,6 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 MiB = 1 << 20
-
-
-def fail_point(step: str) -> None:
-    """Test hooks (see the LXD driver): BOSHCPI_FAIL_AT / BOSHCPI_PAUSE_AT=<step>."""
-    if os.environ.get("BOSHCPI_FAIL_AT") == step:
-        raise CloudError(f"injected failure at {step}")
-    if os.environ.get("BOSHCPI_PAUSE_AT") == step:
-        import time
-
-        log.info(f"paused at {step}")
-        time.sleep(3600)
 
 
 def _libvirt():

@@ -14,6 +14,7 @@ from boshcpi.cloud import Cloud, parse_vm_size
 from boshcpi.drivers import STEMCELL_FORMATS
 from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote
 from boshcpi.drivers.lxd.errors import mapped, to_bosh
+from boshcpi.faults import fail_point
 from boshcpi.protocol import BoshError, CloudError, CpiError, VMCreationFailed, VMNotFound
 
 TYPE_CHECKING = False
@@ -31,18 +32,6 @@ CONTAINER_EPHEMERAL_PATH = "/var/vcap/data"
 VM_ROOT_HINT = "/dev/sda"
 VM_EPHEMERAL_HINT = "/dev/sdb"
 META = "user.bosh."
-
-
-def fail_point(step: str) -> None:
-    """Test hooks for the reliability tests: BOSHCPI_FAIL_AT=<step> makes the call fail at that
-    step; BOSHCPI_PAUSE_AT=<step> makes it stop there (to be killed) after writing a line to stderr."""
-    if os.environ.get("BOSHCPI_FAIL_AT") == step:
-        raise CloudError(f"injected failure at {step}")
-    if os.environ.get("BOSHCPI_PAUSE_AT") == step:
-        import time
-
-        log.info(f"paused at {step}")
-        time.sleep(3600)
 
 
 class LXDCloud(Cloud):

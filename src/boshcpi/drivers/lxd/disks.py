@@ -7,6 +7,7 @@ from boshcpi import log, naming
 from boshcpi.agent import settings as agent_settings
 from boshcpi.drivers.lxd.client import LXDError, quote
 from boshcpi.drivers.lxd.errors import mapped
+from boshcpi.faults import fail_point
 from boshcpi.protocol import CloudError, CpiError, DiskNotFound, NotImplementedByCpi, VMNotFound
 
 TYPE_CHECKING = False
@@ -166,8 +167,6 @@ def attach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> Any:
     devices[device] = dev
     inst["devices"] = devices
     cloud._put_instance(vm_cid, inst, etag, "attach_disk")
-    from boshcpi.drivers.lxd.cloud import fail_point
-
     fail_point("attach-settings")
     try:
         write_settings(cloud, vm_cid, agent_settings.attach_persistent(settings, disk_cid, hint))
@@ -305,8 +304,6 @@ def snapshot(cloud: LXDCloud, disk_cid: str, metadata: dict[str, Any]) -> str:
         _, name = cid.split("@", 1)
         desc = " ".join(f"{k}={v}" for k, v in sorted(metadata.items()))
         body: dict[str, Any] = {"name": name}
-        from boshcpi.drivers.lxd.cloud import fail_point
-
         fail_point("snapshot")
         cloud.client.request("POST", f"{_vol_path(pool, disk_cid)}/snapshots", body)
         if desc:
