@@ -92,7 +92,16 @@ def persistent_device(disk_cid: str) -> str:
     Short (Incus limits device name length) yet exactly 20 characters: LXD/Incus give a VM's disk the
     serial `lxd_<device>`/`incus_<device>`, so the agent's by-id resolver (which globs
     /dev/disk/by-id/*<first 20 characters of the hint's id>) finds it by this name."""
-    return "p" + disk_cid[len(PERSISTENT_PREFIX) :].replace("-", "")[:19]
+    return _device("p", disk_cid[len(PERSISTENT_PREFIX) :])
+
+
+def ephemeral_device(vm_cid: str) -> str:
+    """Device name of a VM's ephemeral disk, found by the agent the same way."""
+    return _device("e", vm_uuid(vm_cid))
+
+
+def _device(letter: str, uuid_text: str) -> str:
+    return letter + uuid_text.replace("-", "")[:19]
 
 
 def random_mac(prefix: str = "00:16:3e") -> str:

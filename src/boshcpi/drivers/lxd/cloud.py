@@ -164,8 +164,7 @@ class LXDCloud(Cloud):
                 raise CloudError(f"network {name!r} does not exist in LXD (server.network_name)") from None
             raise
 
-    def _instance_config(self, spec: VMSpec, image: dict[str, Any], is_vm: bool) -> dict[str, str]:
-        size = parse_vm_size(spec.cloud_properties)
+    def _instance_config(self, spec: VMSpec, size: Any, image: dict[str, Any], is_vm: bool) -> dict[str, str]:
         config: dict[str, str] = {"limits.cpu": str(size.cpus), "limits.memory": f"{size.memory_mb}MiB"}
         if is_vm:
             line = " ".join(str(v) for v in (image.get("properties") or {}).values()).lower()
@@ -185,9 +184,7 @@ class LXDCloud(Cloud):
                 META + "created_by": "boshcpi",
             }
         )
-        extra = spec.cloud_properties.get("config") or {}
-        if not isinstance(extra, dict):
-            raise CpiError("cloud_properties.config: expected an object of LXD instance config keys")
+        extra = spec.cloud_properties.get("config") or {}  # checked by create_vm
         config.update({str(k): _as_str(v) for k, v in extra.items()})
         return config
 
@@ -229,7 +226,7 @@ class LXDCloud(Cloud):
                 if is_vm:
                     # Found by the agent as /dev/disk/by-id/*<device name> (serial lxd_<device>),
                     # with the slot path as its fallback.
-                    name = "e" + naming.vm_uuid(vm_cid).replace("-", "")[:19]
+                    name = naming.ephemeral_device(vm_cid)
                     ephemeral_hint = {"id": name, "path": VM_EPHEMERAL_HINT}
                     dev["boot.priority"] = "0"
                 else:
@@ -252,16 +249,13 @@ class LXDCloud(Cloud):
                 vol = self._write_config_volume(vm_cid, settings)
                 made_volumes.append(vol)
                 devices[CONFIG_DEVICE] = {"type": "disk", "pool": self.pool, "source": vol}
-            extra_devices = spec.cloud_properties.get("devices") or {}
-            if not isinstance(extra_devices, dict):
-                raise CpiError("cloud_properties.devices: expected an object of LXD devices")
-            for name, dev in extra_devices.items():
+            for name, dev in (spec.cloud_properties.get("devices") or {}).items():
                 devices[str(name)] = {str(k): _as_str(v) for k, v in (dev or {}).items()}
             body = {
                 "name": vm_cid,
                 "type": "virtual-machine" if is_vm else "container",
                 "source": {"type": "image", "alias": spec.stemcell_cid},
-                "config": self._instance_config(spec, image, is_vm),
+                "config": self._instance_config(spec, size, image, is_vm),
                 "devices": devices,
                 "profiles": [self.cfg.server.profile_name] if self.cfg.server.profile_name else [],
                 "description": f"bosh agent {spec.agent_id}",
