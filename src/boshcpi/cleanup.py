@@ -139,15 +139,12 @@ def remove_lxd_orphan(cloud: Any, orphan: Orphan) -> None:
             for vol in cloud._volumes_of(orphan.name):
                 cloud._delete_volume(vol)
         elif orphan.kind in ("config-volume", "ephemeral-volume"):
-            client.request("DELETE", f"/1.0/storage-pools/{cloud.pool}/volumes/custom/{orphan.name}")
+            client.delete(f"/1.0/storage-pools/{cloud.pool}/volumes/custom/{orphan.name}")
         elif orphan.kind == "image":
-            client.request("DELETE", f"/1.0/images/{orphan.name}")
+            client.delete(f"/1.0/images/{orphan.name}")
         orphan.removed = True
     except LXDError as e:
-        if e.not_found:
-            orphan.removed = True
-        else:
-            orphan.error = e.message
+        orphan.error = e.message
 
 
 def _fmt_age(age: float | None) -> str:

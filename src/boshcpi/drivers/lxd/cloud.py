@@ -92,9 +92,9 @@ class LXDCloud(Cloud):
                 self.client.request("POST", "/1.0/instances", body, params={"target": member["server_name"]})
             finally:
                 try:
-                    self.client.request("DELETE", f"/1.0/instances/{name}")
-                except LXDError:
-                    pass
+                    self.client.delete(f"/1.0/instances/{name}")
+                except LXDError as e:
+                    log.warn(f"predeploy: cannot delete {name}: {e.message} (cleanup removes it)")
             log.info(f"predeployed {cid} on {member['server_name']}")
 
     def delete_stemcell(self, stemcell_cid: str) -> None:

@@ -8,7 +8,7 @@ from boshcpi.agent import settings as agent_settings
 from boshcpi.drivers.lxd.client import LXDError, quote
 from boshcpi.drivers.lxd.errors import mapped
 from boshcpi.faults import fail_point
-from boshcpi.protocol import CloudError, CpiError, DiskNotFound, NotImplementedByCpi, VMNotFound
+from boshcpi.protocol import CloudError, CpiError, DiskNotFound, NotImplementedByCpi
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -118,11 +118,6 @@ def delete(cloud: LXDCloud, disk_cid: str) -> None:
         cloud.client.delete(_vol_path(pool, disk_cid))
 
 
-def _instance(cloud: LXDCloud, vm_cid: str, action: str) -> tuple[dict[str, Any], str]:
-    with mapped(action, not_found=VMNotFound(f"{action}: VM {vm_cid} not found")):
-        return cloud.client.get_with_etag(f"/1.0/instances/{quote(vm_cid)}")
-
-
 def _attached_device(inst: dict[str, Any], disk_cid: str) -> str | None:
     for name, dev in (inst.get("devices") or {}).items():
         if dev.get("type") == "disk" and dev.get("source") == disk_cid:
@@ -131,7 +126,7 @@ def _attached_device(inst: dict[str, Any], disk_cid: str) -> str | None:
 
 
 def attach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> Any:
-    inst, etag = _instance(cloud, vm_cid, "attach_disk")
+    inst, etag = cloud._instance(vm_cid, "attach_disk")
     with mapped("attach_disk"):
         pool, vol = _require(cloud, disk_cid, "attach_disk")
     is_vm = inst.get("type") == "virtual-machine"
@@ -172,7 +167,7 @@ def attach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> Any:
         write_settings(cloud, vm_cid, agent_settings.attach_persistent(settings, disk_cid, hint))
     except BaseException:
         # Keep the VM and its settings consistent: undo the attach.
-        inst2, etag2 = _instance(cloud, vm_cid, "attach_disk")
+        inst2, etag2 = cloud._instance(vm_cid, "attach_disk")
         (inst2.get("devices") or {}).pop(device, None)
         cloud._put_instance(vm_cid, inst2, etag2, "attach_disk")
         raise
@@ -215,7 +210,7 @@ def _follow(cloud: LXDCloud, pool: str, vol: dict[str, Any], disk_cid: str, inst
 
 
 def detach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> None:
-    inst, etag = _instance(cloud, vm_cid, "detach_disk")
+    inst, etag = cloud._instance(vm_cid, "detach_disk")
     with mapped("detach_disk"):
         found = find(cloud, disk_cid)
     if found is None:
@@ -238,7 +233,7 @@ def detach(cloud: LXDCloud, vm_cid: str, disk_cid: str) -> None:
 
 
 def attached(cloud: LXDCloud, vm_cid: str) -> list[str]:
-    inst, _ = _instance(cloud, vm_cid, "get_disks")
+    inst, _ = cloud._instance(vm_cid, "get_disks")
     return sorted(
         dev["source"]
         for dev in (inst.get("devices") or {}).values()
@@ -363,7 +358,7 @@ def read_settings(cloud: LXDCloud, vm_cid: str, inst: dict[str, Any]) -> dict[st
 
 
 def write_settings(cloud: LXDCloud, vm_cid: str, settings: dict[str, Any]) -> None:
-    inst, etag = _instance(cloud, vm_cid, "write settings")
+    inst, etag = cloud._instance(vm_cid, "write settings")
     if inst.get("type") != "virtual-machine":
         with mapped("write agent settings"):
             cloud._write_container_settings(vm_cid, settings)

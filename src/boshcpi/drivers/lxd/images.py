@@ -85,12 +85,8 @@ def find_alias_info(client: LXDClient, cid: str) -> dict | None:
 
 def find_alias(client: LXDClient, cid: str) -> str | None:
     """Fingerprint behind a stemcell cid, or None."""
-    try:
-        return client.get(f"/1.0/images/aliases/{quote(cid)}")["target"]
-    except LXDError as e:
-        if e.not_found:
-            return None
-        raise
+    alias = find_alias_info(client, cid)
+    return alias["target"] if alias else None
 
 
 def image_info(client: LXDClient, fingerprint: str) -> dict | None:

@@ -67,10 +67,7 @@ def export_block(client: LXDClient, pool: str, name: str) -> bytes:
         if status >= 400:
             client._result(status, payload, True)
     finally:
-        try:
-            client.request("DELETE", f"{base}/{backup}")
-        except LXDError:
-            pass
+        client.delete(f"{base}/{backup}")
     with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as tf:
         for member in tf:
             if member.name.endswith("volume.img"):
