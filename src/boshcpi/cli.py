@@ -133,17 +133,19 @@ def _check_config(argv: list[str]) -> int:
     except CpiError as e:
         sys.stderr.write(f"config error: {e.message}\n")
         return 1
-    data = cfg.as_dict()
-    for section in ("server", "libvirt"):
-        for key in ("tls_client_key",):
-            if data[section].get(key):
-                data[section][key] = "<redacted>"
-    if data["agent"]["mbus"]:
-        from boshcpi import log
+    from boshcpi import log
 
-        for s in cfgmod.secrets_of(cfg):
-            log.add_secret(s)
-        data = fastjson.loads(log.redact(fastjson.dumps(data)))
+    for secret in cfgmod.secrets_of(cfg):
+        log.add_secret(secret)
+
+    def redacted(value):
+        if isinstance(value, dict):
+            return {k: redacted(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [redacted(v) for v in value]
+        return log.redact(value) if isinstance(value, str) else value
+
+    data = redacted(cfg.as_dict())
     sys.stdout.write(fastjson.dumps(data, sort_keys=True) + "\n")
     return 0
 

@@ -94,7 +94,7 @@ class LXDCloud(Cloud):
                 try:
                     self.client.delete(f"/1.0/instances/{name}")
                 except LXDError as e:
-                    log.warn(f"predeploy: cannot delete {name}: {e.message} (cleanup removes it)")
+                    log.warn(f"predeploy: cannot delete the throwaway instance {name}: {e.message}")
             log.info(f"predeployed {cid} on {member['server_name']}")
 
     def delete_stemcell(self, stemcell_cid: str) -> None:
