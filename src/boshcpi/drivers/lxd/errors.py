@@ -31,5 +31,7 @@ def to_bosh(e: LXDError, action: str, not_found: BoshError | None = None) -> Bos
     lowered = text.lower()
     if "no space left" in lowered or "quota exceeded" in lowered:
         return NoDiskSpace(f"{action}: {text}")
-    retry = e.unreachable or e.status in (502, 503, 504) or "timeout" in lowered
+    # The daemon going away (restart, upgrade) fails the call mid-way; a retry can succeed.
+    transient = ("timeout", "shutting down", "connection reset", "broken pipe", "unexpected eof")
+    retry = e.unreachable or e.status in (502, 503, 504) or any(t in lowered for t in transient)
     return CloudError(f"{action}: {text}", ok_to_retry=retry)
