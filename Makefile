@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DRIVER ?= lxd
 
-.PHONY: all host venv compile test unit lint demo bench
+.PHONY: all host venv compile test unit lint demo bench release
 
 all: test
 
@@ -38,7 +38,12 @@ test: host venv compile
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 demo: host venv compile
-	$(PY) -m boshcpi.demo --driver $(DRIVER)
+	$(PY) -m boshcpi.dev.demo --driver $(DRIVER)
 
 bench: host venv compile
 	$(PY) bench/run.py
+
+# A deployable dev release tarball (dist/boshcpi-dev.tgz): CPython source blob, libvirt-python wheel,
+# `bosh create-release`. Idempotent; blobs are cached under .cache/release.
+release: host venv
+	PYTHON=$(PY) bash scripts/release.sh

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from boshcpi import devstemcell  # noqa: E402
+from boshcpi.dev import stemcells  # noqa: E402
 from boshcpi.drivers.lxd.client import LXDClient  # noqa: E402
 
 PY = sys.executable
@@ -88,7 +88,7 @@ class Bench:
         )
         self.config = self.write_config()
         self.rows: list[dict] = []
-        self.stemcells = devstemcell.build_all(Path("/var/tmp/boshcpi-stemcells"))
+        self.stemcells = stemcells.build_all(Path("/var/tmp/boshcpi-stemcells"))
 
     def write_config(self, **throttle) -> Path:
         cfg = {
@@ -150,7 +150,7 @@ class Bench:
     # 2 ---------------------------------------------------------------------------------------
     def create_vm_vs_raw(self) -> None:
         d = self.stemcells["warden"]
-        sc = cpi(self.config, "create_stemcell", str(d / "image"), devstemcell.cloud_properties(d))
+        sc = cpi(self.config, "create_stemcell", str(d / "image"), stemcells.cloud_properties(d))
         fp = LXDClient(f"unix://{self.socket}", project=self.project).get(f"/1.0/images/aliases/{sc}")["target"]
         raw_script = self.tmp / "raw_create.py"
         raw_script.write_text(RAW_CREATE)

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 
-from boshcpi import devstemcell as stemcells
+from boshcpi.dev import stemcells
 from tests.helpers import Response, call
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 RUN_ID = uuid.uuid4().hex[:6]
+# The reliability and failure tests inject faults; the switch enables the hooks (see boshcpi.faults).
+os.environ["BOSHCPI_TEST_FAULTS"] = "1"
 
 DAEMONS = {
     "lxd": {"cli": "lxc", "socket": "/var/lib/lxd/unix.socket", "network": "boshcpi-lxdbr0", "subnet": "10.245.10"},
@@ -51,22 +53,26 @@ class LXDContext:
             raise AssertionError(f"{self.cli} {' '.join(args)} failed: {proc.stderr}")
         return proc.stdout
 
-    def api(self, path: str) -> Any:
+    def api(self, path: str, missing_ok: bool = False) -> Any:
+        """GET through the daemon's own client. A failed query raises (a check of what is left must
+        never pass because the query itself failed); a missing object is None only when asked."""
         sep = "&" if "?" in path else "?"
         proc = subprocess.run([self.cli, "query", f"{path}{sep}project={self.project}"], capture_output=True, text=True)
         if proc.returncode != 0:
-            return None
+            if missing_ok and "not found" in proc.stderr.lower():
+                return None
+            raise AssertionError(f"{self.cli} query {path} failed: {proc.stderr.strip()}")
         return json.loads(proc.stdout) if proc.stdout.strip() else None
 
     def instances(self) -> list[str]:
-        return [i["name"] for i in self.api("/1.0/instances?recursion=1") or []]
+        return [i["name"] for i in self.api("/1.0/instances?recursion=1")]
 
     def volumes(self) -> list[str]:
-        vols = self.api(f"/1.0/storage-pools/{POOL}/volumes/custom?recursion=1") or []
+        vols = self.api(f"/1.0/storage-pools/{POOL}/volumes/custom?recursion=1")
         return [v["name"] for v in vols if "/" not in v["name"]]  # snapshots are listed as disk/snap
 
     def images(self) -> list[str]:
-        return [i["fingerprint"] for i in self.api("/1.0/images?recursion=1") or []]
+        return [i["fingerprint"] for i in self.api("/1.0/images?recursion=1")]
 
     def write_config(self, **overrides: Any) -> Path:
         cfg = json.loads(json.dumps(self.config))
@@ -183,3 +189,36 @@ def lxd_stemcell(lxd, test_stemcells):
     cid = lxd.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
     yield cid
     lxd.call("delete_stemcell", cid)
+
+
+@pytest.fixture(scope="session")
+def libvirt_pool():
+    """A libvirt storage pool of this run's own (a dir pool), so every "nothing left" check counts
+    only what this run made; at the end, domains using it and its volumes go with it."""
+    libvirt = pytest.importorskip("libvirt", reason="libvirt-python is installed by `make venv`")
+    conn = libvirt.open("qemu:///system")
+    name = f"boshcpi-t{RUN_ID}"
+    path = Path("/var/lib/boshcpi-dev/libvirt-pools") / name
+    path.mkdir(parents=True, exist_ok=True)
+    pool = conn.storagePoolDefineXML(
+        f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>", 0
+    )
+    pool.create(0)
+    try:
+        yield name
+    finally:
+        for dom in conn.listAllDomains(0):
+            if str(path) in dom.XMLDesc(0):
+                try:
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                except libvirt.libvirtError:
+                    pass
+        pool.refresh(0)
+        for vol in pool.listAllVolumes(0):
+            vol.delete(0)
+        pool.destroy()
+        pool.undefine()
+        shutil.rmtree(path, ignore_errors=True)
+        conn.close()

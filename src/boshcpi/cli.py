@@ -15,6 +15,7 @@ import os
 import sys
 
 USAGE = __doc__ or ""
+MAX_REQUEST = 16 << 20  # a director's biggest request (create_vm with its env) is a few hundred KiB
 
 
 def _option(argv: list[str], name: str) -> str | None:
@@ -33,11 +34,15 @@ def run_cpi(argv: list[str]) -> int:
 
     config_path = _option(argv, "--config") or os.environ.get("BOSHCPI_CONFIG")
     try:
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read(MAX_REQUEST + 1)
     except OSError as e:
         raw = b""
         log.warn(f"cannot read stdin: {e}")
     try:
+        if len(raw) > MAX_REQUEST:
+            from boshcpi.protocol import CpiError
+
+            raise CpiError(f"the request is larger than {MAX_REQUEST >> 20} MiB; no director sends that")
         out = success(_handle(config_path, raw), log.condensed())
     except BoshError as e:
         e.message = log.redact(e.message)
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return init_main(rest)
     if command == "demo":
-        from boshcpi.demo import main as demo_main
+        from boshcpi.dev.demo import main as demo_main
 
         return demo_main(rest)
     if command == "check-config":

@@ -118,13 +118,22 @@ class VMResources(Record):
 
 
 class VMSize(Record):
-    """Common VM cloud properties: cpus, memory (MiB), ephemeral disk (MiB)."""
+    """Common VM cloud properties: cpus, memory (MiB), ephemeral disk (MiB), and an instance type name
+    the IaaS sizes itself (`named_type`, e.g. LXD's `t2.micro`)."""
 
-    __slots__ = ("cpus", "ephemeral_mb", "memory_mb")
-    _defaults = {"cpus": 1, "memory_mb": 1024, "ephemeral_mb": 0}
+    __slots__ = ("cpus", "ephemeral_mb", "memory_mb", "named_type")
+    _defaults = {"cpus": 1, "memory_mb": 1024, "ephemeral_mb": 0, "named_type": ""}
     cpus: int
     memory_mb: int
     ephemeral_mb: int
+    named_type: str
+
+
+# Bounds no host reaches: a bigger number is a typo (or an attack), answered before any IaaS call.
+MAX_CPUS = 1024
+MAX_MEMORY_MB = 16 << 20  # 16 TiB
+MAX_DISK_MB = 1 << 30  # 1 PiB
+_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
 
 
 def _instance_type(text: object) -> tuple[int, int] | None:
@@ -132,31 +141,47 @@ def _instance_type(text: object) -> tuple[int, int] | None:
     if not isinstance(text, str) or not text.startswith("c") or "-m" not in text:
         return None
     cpu, _, mem = text[1:].partition("-m")
+    if not cpu.isdigit():
+        return None
     try:
         cpus, gib = int(cpu), float(mem)
     except ValueError:
         return None
-    if cpus < 1 or gib <= 0 or not cpu.isdigit():
+    if cpus < 1 or not gib > 0 or gib != gib:
         return None
     return cpus, int(gib * 1024)
 
 
+def _looks_cm(text: str) -> bool:
+    """`c<digits>-m<number>`: LXD's form, whose values must then be valid."""
+    cpu, sep, mem = text[1:].partition("-m")
+    return text.startswith("c") and bool(sep) and cpu.isdigit() and mem.replace(".", "", 1).isdigit()
+
+
 def parse_vm_size(props: dict[str, Any]) -> VMSize:
-    """`instance_type` (LXD's cN-mM form, M in GiB) then `cpus`/`memory`/`ephemeral_disk` override."""
-    cpus, memory = 1, 1024
+    """`instance_type` (LXD's cN-mM form, M in GiB; any other name is left to the IaaS), then
+    `cpus`/`memory`/`ephemeral_disk` override. Every number is bounded."""
+    cpus, memory, named = 1, 1024, ""
     itype = props.get("instance_type")
     if itype is not None:
         parsed = _instance_type(itype)
-        if parsed is None:
-            raise CpiError(f"cloud_properties.instance_type: expected the form 'c2-m4' (cpus, GiB), got {itype!r}")
-        cpus, memory = parsed
-    cpus = _positive_int(props, "cpus", cpus)
-    memory = _positive_int(props, "memory", memory)
-    ephemeral = _positive_int(props, "ephemeral_disk", 0, allow_zero=True)
-    return VMSize(cpus=cpus, memory_mb=memory, ephemeral_mb=ephemeral)
+        if parsed is not None:
+            cpus, memory = parsed
+        elif isinstance(itype, str) and 0 < len(itype) <= 64 and set(itype) <= _TYPE_CHARS and not _looks_cm(itype):
+            named = itype
+        else:
+            raise CpiError(
+                f"cloud_properties.instance_type: expected 'c2-m4' (cpus, GiB) or an instance type name, got {itype!r}"
+            )
+    cpus = _bounded_int(props, "cpus", cpus, 1, MAX_CPUS)
+    memory = _bounded_int(props, "memory", memory, 1, MAX_MEMORY_MB)
+    if cpus > MAX_CPUS or memory > MAX_MEMORY_MB:
+        raise CpiError(f"cloud_properties.instance_type: {itype!r} asks for more than any host has")
+    ephemeral = _bounded_int(props, "ephemeral_disk", 0, 0, MAX_DISK_MB)
+    return VMSize(cpus=cpus, memory_mb=memory, ephemeral_mb=ephemeral, named_type=named)
 
 
-def _positive_int(props: dict[str, Any], key: str, default: int, allow_zero: bool = False) -> int:
+def _bounded_int(props: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = props.get(key)
     if value is None:
         return default
@@ -164,12 +189,10 @@ def _positive_int(props: dict[str, Any], key: str, default: int, allow_zero: boo
         value = value.get("size")
         if value is None:
             return default
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        raise CpiError(
-            f"cloud_properties.{key}: expected a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}"
-        )
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CpiError(f"cloud_properties.{key}: expected an integer from {low} to {high}, got {value!r}")
     return value
 
 
@@ -182,6 +205,12 @@ class Cloud:
     """What every driver implements. Unimplemented methods answer Bosh::Clouds::NotImplemented."""
 
     stemcell_formats: tuple[str, ...] = ()
+
+    def recognises(self, kind: str, cid: str) -> bool:
+        """Whether `cid` has one of the forms this driver gives (or takes over) for `kind` (vm, disk,
+        snapshot, stemcell). The dispatcher answers any other cid as a missing object, without the
+        driver ever seeing it."""
+        return False
 
     def info(self) -> dict[str, Any]:
         return {"api_version": 2, "stemcell_formats": list(self.stemcell_formats)}

@@ -16,11 +16,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-# Instance config by stemcell line: the anchor's defaults (jammy boots BIOS/CSM, others UEFI
-# without secure boot). Keys are matched against the stemcell's os/name ("*" matches all).
+# Instance config by stemcell line: the Go CPI's defaults (jammy boots BIOS/CSM, others UEFI
+# without secure boot). Keys are matched against the stemcell's image properties; `default` (the Go
+# CPI's fallback key) or `*` applies when none matches.
 DEFAULT_INSTANCE_CONFIG: dict[str, dict[str, str]] = {
     "jammy": {"security.csm": "true", "security.secureboot": "false"},
-    "*": {"security.secureboot": "false"},
+    "default": {"security.secureboot": "false"},
 }
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
@@ -44,8 +45,47 @@ def parse_duration(text: str | int | float, path: str) -> float:
 
 
 def _check_url(value: str, path: str) -> None:
-    if value and not (value.startswith("https://") or value.startswith("unix://")):
-        raise CpiError(f"{path}: expected https:// or unix:// URL, got {value!r}")
+    """`https://host[:port]` or `unix:///absolute/path`: nothing else, and never credentials (a
+    password in a URL would reach logs and error messages)."""
+    if not value:
+        return
+    if value.startswith("unix://"):
+        sock = value[len("unix://") :]
+        if not sock.startswith("/") or any(c < " " for c in sock):
+            raise CpiError(f"{path}: expected unix:///absolute/path/to/unix.socket")
+        return
+    if not value.startswith("https://"):
+        raise CpiError(f"{path}: expected https:// or unix:// URL, got a {value.partition(':')[0][:10]!r} URL")
+    rest = value[len("https://") :]
+    hostport, _, tail = rest.partition("/")
+    if tail or "?" in hostport or "#" in hostport:
+        raise CpiError(f"{path}: expected https://host[:port] with nothing after it")
+    if "@" in hostport:
+        raise CpiError(f"{path}: credentials do not belong in the URL; use server.tls_client_cert and _key")
+    if hostport.startswith("["):
+        host, sep, port = hostport[1:].partition("]")
+        if port and not port.startswith(":"):
+            raise CpiError(f"{path}: expected https://[ipv6]:port")
+        port = port[1:]
+    else:
+        host, sep, port = hostport.partition(":")
+    if not host or any(not (c.isalnum() or c in ".-_:") for c in host):
+        raise CpiError(f"{path}: {host!r} is not a host name or address")
+    if sep and port and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise CpiError(f"{path}: port must be a number from 1 to 65535")
+
+
+def parse_size(text: str | int, path: str) -> int:
+    """'100GiB' -> bytes; also MiB, TiB, and a bare number of bytes."""
+    if isinstance(text, bool):
+        raise CpiError(f"{path}: expected a size like '100GiB'")
+    if isinstance(text, int):
+        return text
+    raw = str(text).strip()
+    for unit, mult in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40), ("B", 1), ("", 1)):
+        if raw.endswith(unit) and raw[: len(raw) - len(unit)].strip().isdigit():
+            return int(raw[: len(raw) - len(unit)]) * mult
+    raise CpiError(f"{path}: expected a size like '100GiB', got {text!r}")
 
 
 def _one_of(*choices: str) -> Callable[[str, str], None]:
@@ -91,12 +131,15 @@ ServerConfig = _section(
         "network_name": ("str", "lxdbr0", None),
         "storage_pool_name": ("str", "default", None),
         "target": ("str", "", None),
-        "managed_network_assignment": ("str", "static", _one_of("static", "dhcp")),
+        "managed_network_assignment": ("str", "static", _one_of("static", "dhcp", "agent")),
         "instance_config": ("strmaps", lambda: {k: dict(v) for k, v in DEFAULT_INSTANCE_CONFIG.items()}, None),
         "predeploy_stemcell": ("bool", False, None),
         "bios_path": ("str", "", None),
         "operation_timeout": ("str", "10m", None),
         "container_privileged": ("bool", True, None),
+        "allow_raw_devices": ("bool", False, None),
+        "allow_raw_config": ("bool", False, None),
+        "max_stemcell_image": ("str", "100GiB", None),
     },
     "`server`: the LXD/Incus endpoint and where the CPI puts things.",
 )
@@ -186,6 +229,10 @@ class Config(Section):
         return parse_duration(self.server.operation_timeout, "server.operation_timeout")
 
     @property
+    def max_stemcell_image(self) -> int:
+        return parse_size(self.server.max_stemcell_image, "server.max_stemcell_image")
+
+    @property
     def throttle_hold(self) -> float:
         return parse_duration(self.throttle_config.hold, "throttle_config.hold")
 
@@ -272,6 +319,7 @@ def from_dict(data: Any, base: Config | None = None) -> Config:
         raise CpiError("server.tls_client_cert and server.tls_client_key must be given together")
     cfg.operation_timeout  # noqa: B018 - validates the duration
     cfg.throttle_hold  # noqa: B018
+    cfg.max_stemcell_image  # noqa: B018
     return cfg
 
 

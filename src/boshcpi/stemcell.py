@@ -1,13 +1,15 @@
-"""Stemcell image readers. Images are several GB: everything here streams, nothing is held whole.
+"""Stemcell image readers and checks. Images are several GB: everything here streams, nothing is held
+whole, and nothing is trusted before it is checked.
 
-The director unpacks the stemcell tarball and hands create_stemcell the path of `image`: a gzipped
-tar holding `root.img` (VM stemcells) or a root filesystem (warden-style stemcells).
+The director unpacks the stemcell tarball and hands create_stemcell the path of `image`: a gzipped tar
+holding `root.img` (VM stemcells, qcow2 or raw) or a root filesystem (warden-style stemcells).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 import tarfile
 from collections.abc import Iterator
 
@@ -15,6 +17,8 @@ from boshcpi.protocol import CpiError
 
 CHUNK = 1 << 20
 VM_IMAGE_NAMES = ("root.img", "./root.img", "disk.raw", "./disk.raw")
+ARCHITECTURES = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
+_ROOTFS_MARKS = ("etc", "bin", "usr", "sbin", "lib", "var")
 
 
 def check_image_path(path: str) -> None:
@@ -22,41 +26,157 @@ def check_image_path(path: str) -> None:
         raise CpiError(f"create_stemcell: image {path!r} does not exist or is not a file")
 
 
-def is_vm_image(path: str) -> bool:
-    """True if the image tarball holds a disk image (root.img) rather than a root filesystem."""
+def architecture(value: object) -> str:
+    """The image architecture LXD and libvirt understand, from stemcell.MF; anything else is refused
+    (the value is the stemcell's own and must never reach a metadata file unchecked)."""
+    arch = ARCHITECTURES.get(str(value or "x86_64"))
+    if arch is None:
+        raise CpiError(f"create_stemcell: unsupported architecture {value!r} (known: {', '.join(ARCHITECTURES)})")
+    return arch
+
+
+def _open(path: str) -> tarfile.TarFile:
     try:
-        with tarfile.open(path, mode="r|*") as tf:
-            for n, member in enumerate(tf):
-                if member.name in VM_IMAGE_NAMES:
-                    return True
-                if n > 8 or member.isdir():
-                    return False
+        return tarfile.open(path, mode="r|*")
     except (tarfile.TarError, OSError, EOFError) as e:
         raise CpiError(f"create_stemcell: {path!r} is not a readable tarball: {e}") from None
-    return False
 
 
-def extract_disk_image(path: str, dest: str) -> str:
-    """Stream `root.img` out of the image tarball into `dest` (the one temporary copy)."""
-    with tarfile.open(path, mode="r|*") as tf:
-        for member in tf:
-            if member.name in VM_IMAGE_NAMES and member.isfile():
-                src = tf.extractfile(member)
-                assert src is not None
-                with open(dest, "wb") as out:
-                    while True:
-                        chunk = src.read(CHUNK)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                return dest
-    raise CpiError(f"create_stemcell: {path!r} holds no root.img")
+def probe(path: str) -> str:
+    """'vm' if the image tarball holds a disk image (root.img), 'rootfs' if it holds a root
+    filesystem; CpiError for anything else."""
+    seen_dirs: set[str] = set()
+    tf = _open(path)
+    try:
+        for n, member in enumerate(tf):
+            name = member.name[2:] if member.name.startswith("./") else member.name
+            if member.name in VM_IMAGE_NAMES:
+                return "vm"
+            top = name.split("/", 1)[0]
+            if top in _ROOTFS_MARKS:
+                seen_dirs.add(top)
+                if len(seen_dirs) >= 2:
+                    return "rootfs"
+            if n > 64:
+                break
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise CpiError(f"create_stemcell: {path!r} is not a readable tarball: {e}") from None
+    finally:
+        tf.close()
+    raise CpiError(
+        f"create_stemcell: {path!r} holds neither a disk image (root.img) nor a root filesystem (etc/, usr/, ...)"
+    )
 
 
-def disk_format(path: str) -> str:
-    """'qcow2' or 'raw', from the file's magic bytes."""
-    with open(path, "rb") as fh:
-        return "qcow2" if fh.read(4) == b"QFI\xfb" else "raw"
+def check_qcow2_header(head: bytes, where: str) -> int:
+    """Refuse a qcow2 image that would read anything but itself: a backing file (`qemu-img create -b`)
+    or an external data file (incompatible feature bit 2); return its virtual size in bytes. The same
+    fields `qemu-img info` reports (QEMU docs/interop/qcow2.txt)."""
+    if len(head) < 72 or head[:4] != b"QFI\xfb":
+        raise CpiError(f"{where}: not a qcow2 image")
+    version, backing_offset, backing_size = struct.unpack(">IQI", head[4:20])
+    size = struct.unpack(">Q", head[24:32])[0]
+    if backing_offset or backing_size:
+        raise CpiError(f"{where}: the qcow2 image has a backing file; a stemcell image must stand alone")
+    if version >= 3 and len(head) >= 80:
+        incompatible = struct.unpack(">Q", head[72:80])[0]
+        if incompatible & 0x4:
+            raise CpiError(f"{where}: the qcow2 image uses an external data file; a stemcell image must stand alone")
+        if incompatible & ~0x1F:
+            raise CpiError(f"{where}: the qcow2 image uses features this CPI does not know")
+    elif version not in (2, 3):
+        raise CpiError(f"{where}: qcow2 version {version} is not supported")
+    if size == 0:
+        raise CpiError(f"{where}: the qcow2 image is empty")
+    return size
+
+
+class DiskImage:
+    """The root.img member of a VM stemcell's image tarball, open for one streamed pass."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._tf = _open(path)
+        self.size = 0
+        self.format = ""
+        self.virtual_size = 0
+        self._src: io.BufferedReader | None = None
+        self._head = b""
+        try:
+            for member in self._tf:
+                if member.name in VM_IMAGE_NAMES and member.isfile():
+                    src = self._tf.extractfile(member)
+                    assert src is not None
+                    self._src = src  # type: ignore[assignment]
+                    self.size = member.size
+                    break
+            else:
+                raise CpiError(f"create_stemcell: {path!r} holds no root.img")
+            if self.size == 0:
+                raise CpiError(f"create_stemcell: root.img in {path!r} is empty")
+            self._head = src.read(CHUNK)
+            if self._head[:4] == b"QFI\xfb":
+                self.format = "qcow2"
+                self.virtual_size = check_qcow2_header(self._head, "create_stemcell: root.img")
+            else:
+                self.format = "raw"
+                self.virtual_size = self.size
+        except (tarfile.TarError, OSError, EOFError) as e:
+            self.close()
+            raise CpiError(f"create_stemcell: {path!r} is not a readable tarball: {e}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def chunks(self) -> Iterator[bytes]:
+        """The image's bytes, in order, exactly `size` of them (a short tarball is an error)."""
+        sent = len(self._head)
+        yield self._head
+        assert self._src is not None
+        while sent < self.size:
+            data = self._src.read(CHUNK)
+            if not data:
+                raise CpiError(f"create_stemcell: root.img in {self.path!r} ends early")
+            sent += len(data)
+            yield data
+
+    def write_sparse(self, dest: str, ceiling: int) -> None:
+        """Write a raw image to `dest` without allocating its zero blocks, refusing images above
+        `ceiling` bytes and stopping cleanly when the folder fills up."""
+        if self.size > ceiling:
+            raise CpiError(
+                f"create_stemcell: root.img is {self.size >> 20} MiB, above the limit of {ceiling >> 20} MiB "
+                "(server.max_stemcell_image)"
+            )
+        st = os.statvfs(os.path.dirname(dest) or ".")
+        free = st.f_bavail * st.f_frsize
+        zero = bytes(CHUNK)
+        written = 0
+        with open(dest, "wb") as out:
+            for chunk in self.chunks():
+                if chunk == zero[: len(chunk)]:
+                    out.seek(len(chunk), os.SEEK_CUR)
+                else:
+                    written += len(chunk)
+                    if written > free:
+                        raise CpiError(
+                            f"create_stemcell: root.img needs more than the {free >> 20} MiB free in "
+                            f"{os.path.dirname(dest)} (set BOSHCPI_TMPDIR to a bigger folder)"
+                        )
+                    out.write(chunk)
+            out.truncate(self.size)
+
+    def close(self) -> None:
+        try:
+            self._tf.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> DiskImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def file_chunks(path: str) -> Iterator[bytes]:
@@ -83,4 +203,14 @@ def metadata_tarball(yaml_text: str) -> bytes:
 
 
 def yaml_quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A YAML double-quoted scalar that cannot end early or start a new key: backslashes, quotes and
+    every control character are escaped."""
+    out = []
+    for c in str(value):
+        if c in ('"', "\\"):
+            out.append("\\" + c)
+        elif c < " " or c == "\x7f" or "\x80" <= c <= "\x9f" or c in ("\u2028", "\u2029"):
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from boshcpi import devstemcell as stemcells
+from boshcpi.dev import stemcells
 
 pytestmark = pytest.mark.lxd
 

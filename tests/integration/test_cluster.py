@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from boshcpi import devstemcell as stemcells
-from boshcpi.hostinit import generate_cert
+from boshcpi.dev import stemcells
+from boshcpi.drivers.lxd.hostinit import generate_cert
 from tests import cluster as cl
 from tests.helpers import ROOT, call
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from boshcpi.hostinit import generate_cert
+from boshcpi.drivers.lxd.hostinit import generate_cert
 from tests.conftest import DAEMONS
 from tests.helpers import ROOT
 

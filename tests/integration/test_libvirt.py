@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from boshcpi import devbootimage
-from boshcpi import devstemcell as stemcells
+from boshcpi.dev import bootimage, stemcells
 from tests.helpers import call
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is installed by `make venv`")
 pytestmark = pytest.mark.libvirt
 
-POOL = "boshcpi-test"
 NET = {
     "default": {
         "type": "manual",
@@ -35,15 +33,16 @@ NET = {
 
 
 class Ctx:
-    def __init__(self, tmp: Path, kind: str) -> None:
+    def __init__(self, tmp: Path, kind: str, pool: str) -> None:
         self.tmp = tmp
+        self.pool = pool
         self.console_dir = tmp / "console"
         self.config = {
             "driver": "libvirt",
             "libvirt": {
                 "uri": "qemu:///system",
                 "domain_type": "qemu",
-                "storage_pool_name": POOL,
+                "storage_pool_name": pool,
                 "network_name": "boshcpi-test-net",
                 "console_log_dir": str(self.console_dir),
             },
@@ -58,7 +57,7 @@ class Ctx:
         return call(self.path, method, *args, **kw)
 
     def volumes(self) -> set[str]:
-        pool = self.conn.storagePoolLookupByName(POOL)
+        pool = self.conn.storagePoolLookupByName(self.pool)
         pool.refresh(0)
         return set(pool.listVolumes())
 
@@ -85,8 +84,8 @@ def boot_stemcell():
 
 
 @pytest.mark.parametrize("kind", ["FAT32", "CDROM"])
-def test_vm_boots_and_reads_the_settings_the_cpi_wrote(tmp_path, boot_stemcell, kind):
-    ctx = Ctx(tmp_path, kind)
+def test_vm_boots_and_reads_the_settings_the_cpi_wrote(libvirt_pool, tmp_path, boot_stemcell, kind):
+    ctx = Ctx(tmp_path, kind, libvirt_pool)
     volumes_before, domains_before = ctx.volumes(), ctx.domains()
     sc = ctx.call("create_stemcell", str(boot_stemcell / "image"), stemcells.cloud_properties(boot_stemcell)).ok()
     vm = None
@@ -106,14 +105,18 @@ def test_vm_boots_and_reads_the_settings_the_cpi_wrote(tmp_path, boot_stemcell, 
         xml = dom.XMLDesc(0)
         assert "type='qemu'" in xml.split("\n")[0]
         # The boot disk is a copy-on-write overlay of the stemcell volume.
-        root = ctx.conn.storagePoolLookupByName(POOL).storageVolLookupByName(f"{vm}-root")
+        root = ctx.conn.storagePoolLookupByName(ctx.pool).storageVolLookupByName(f"{vm}-root")
         assert "<backingStore>" in root.XMLDesc(0) and sc in root.XMLDesc(0)
         text = ctx.wait_console(vm, "boshcpi-test-image: done")
-        settings = devbootimage.settings_from_console(text)
+        settings = bootimage.settings_from_console(text)
         assert settings["agent_id"] == f"agent-{kind.lower()}"
         assert settings["vm"] == {"name": vm, "id": vm}
         assert settings["networks"]["default"]["mac"] == mac
-        assert settings["disks"] == {"system": "/dev/vda", "ephemeral": "/dev/vdb", "persistent": {}}
+        assert settings["disks"] == {
+            "system": "/dev/disk/by-id/virtio-root",
+            "ephemeral": {"path": "/dev/disk/by-id/virtio-ephemeral"},
+            "persistent": {},
+        }
         assert f"nic: eth0 {mac}" in text
 
         assert ctx.call("has_vm", vm).ok() is True
@@ -122,7 +125,8 @@ def test_vm_boots_and_reads_the_settings_the_cpi_wrote(tmp_path, boot_stemcell, 
 
         disk = ctx.call("create_disk", 32, {}, vm).ok()
         hint = ctx.call("attach_disk", vm, disk).ok()
-        assert hint["path"] == "/dev/vdd" and len(hint["id"]) == 20
+        # The disk's cid is its serial: the agent's by-id glob finds it; the hint is the same link.
+        assert len(disk) == 20 and hint == {"path": f"/dev/disk/by-id/virtio-{disk}"}
         assert ctx.call("get_disks", vm).ok() == [disk]
         assert ctx.call("resize_disk", disk, 64).ok() is None
         snap = ctx.call("snapshot_disk", disk, {"deployment": "d"}).ok()
@@ -131,9 +135,9 @@ def test_vm_boots_and_reads_the_settings_the_cpi_wrote(tmp_path, boot_stemcell, 
         seen = len(ctx.console(vm))
         assert ctx.call("reboot_vm", vm).ok() is None
         text = ctx.wait_console(vm, "boshcpi-test-image: done", after=seen)
-        settings = devbootimage.settings_from_console(text)
+        settings = bootimage.settings_from_console(text)
         assert settings["disks"]["persistent"] == {disk: hint}
-        assert f"serial={hint['id']} size={64 * 2048}" in text
+        assert f"serial={disk} size={64 * 2048}" in text
 
         assert ctx.call("delete_disk", disk).error_type == "Bosh::Clouds::CloudError"
         assert ctx.call("detach_disk", vm, disk).ok() is None
@@ -154,8 +158,8 @@ def test_vm_boots_and_reads_the_settings_the_cpi_wrote(tmp_path, boot_stemcell, 
 
 
 @pytest.mark.parametrize("step", ["volumes", "define", "start"])
-def test_failure_in_any_create_vm_step_leaves_nothing(tmp_path, boot_stemcell, step):
-    ctx = Ctx(tmp_path, "FAT32")
+def test_failure_in_any_create_vm_step_leaves_nothing(libvirt_pool, tmp_path, boot_stemcell, step):
+    ctx = Ctx(tmp_path, "FAT32", libvirt_pool)
     sc = ctx.call("create_stemcell", str(boot_stemcell / "image"), stemcells.cloud_properties(boot_stemcell)).ok()
     try:
         volumes_before, domains_before = ctx.volumes(), ctx.domains()
@@ -167,8 +171,8 @@ def test_failure_in_any_create_vm_step_leaves_nothing(tmp_path, boot_stemcell, s
         ctx.call("delete_stemcell", sc).ok()
 
 
-def test_libvirt_edge_cases(tmp_path):
-    ctx = Ctx(tmp_path, "FAT32")
+def test_libvirt_edge_cases(libvirt_pool, tmp_path):
+    ctx = Ctx(tmp_path, "FAT32", libvirt_pool)
     ghost_vm = f"vm-{uuid.uuid4()}"
     ghost_disk = f"vol-p-{uuid.uuid4()}"
     assert ctx.call("has_vm", ghost_vm).ok() is False
@@ -182,19 +186,19 @@ def test_libvirt_edge_cases(tmp_path):
     assert resp.error_type == "Bosh::Clouds::VMCreationFailed"
     disk = ctx.call("create_disk", 16, None, None).ok()
     assert ctx.call("attach_disk", ghost_vm, disk).error_type == "Bosh::Clouds::VMNotFound"
-    assert ctx.call("resize_disk", disk, 8).error_type == "Bosh::Clouds::CloudError"
+    assert ctx.call("resize_disk", disk, 8).error_type == "Bosh::Clouds::NotSupported"
     assert ctx.call("delete_disk", disk).ok() is None
     assert ctx.call("info").ok()["stemcell_formats"] == ["openstack-qcow2", "openstack-raw"]
 
 
-def test_cleanup_removes_what_a_killed_create_vm_left(tmp_path, boot_stemcell):
+def test_cleanup_removes_what_a_killed_create_vm_left(libvirt_pool, tmp_path, boot_stemcell):
     import os
     import subprocess
     import sys
 
     from tests.helpers import ROOT
 
-    ctx = Ctx(tmp_path, "FAT32")
+    ctx = Ctx(tmp_path, "FAT32", libvirt_pool)
     sc = ctx.call("create_stemcell", str(boot_stemcell / "image"), stemcells.cloud_properties(boot_stemcell)).ok()
     try:
         before = ctx.volumes()
@@ -229,7 +233,8 @@ def test_cleanup_removes_what_a_killed_create_vm_left(tmp_path, boot_stemcell):
             text=True,
         )
         listed = json.loads(out.stdout)["orphans"]
-        assert [o["kind"] for o in listed] == ["instance"]
+        # Exactly the half-made domain: its volumes go with it, they are not orphans of their own.
+        assert [(o["kind"], o["name"]) for o in listed] == [("instance", leftover[0])]
         assert ctx.volumes() != before  # dry run removed nothing
         subprocess.run(
             [
@@ -253,13 +258,13 @@ def test_cleanup_removes_what_a_killed_create_vm_left(tmp_path, boot_stemcell):
         ctx.call("delete_stemcell", sc).ok()
 
 
-def test_doctor_on_libvirt(tmp_path):
+def test_doctor_on_libvirt(libvirt_pool, tmp_path):
     import subprocess
     import sys
 
     from tests.helpers import ROOT
 
-    ctx = Ctx(tmp_path, "FAT32")
+    ctx = Ctx(tmp_path, "FAT32", libvirt_pool)
 
     def doctor(path):
         out = subprocess.run(

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from boshcpi import devstemcell as stemcells
+from boshcpi.dev import stemcells
 
 pytestmark = pytest.mark.lxd
 
@@ -152,7 +152,7 @@ def test_delete_stemcell_refuses_while_a_vm_uses_it(daemon, test_stemcells):
     assert vm_cid in resp.error["message"]
     daemon.call("delete_vm", vm_cid).ok()
     assert daemon.call("delete_stemcell", cid).ok() is None
-    assert daemon.api(f"/1.0/images/aliases/{cid}") is None
+    assert daemon.api(f"/1.0/images/aliases/{cid}", missing_ok=True) is None
 
 
 @pytest.mark.parametrize("step", ["volumes", "instance", "settings", "start"])
@@ -185,14 +185,14 @@ def test_vm_stemcell_imports_and_vm_creation_fails_cleanly_without_vm_support(da
         before_volumes, before_instances = set(daemon.volumes()), set(daemon.instances())
         resp = daemon.call("create_vm", "agent-vm", cid, {"ephemeral_disk": 64}, network(daemon, 25), [], {})
         server = daemon.api("/1.0")
-        from boshcpi.doctor import instance_types
+        from boshcpi.drivers.lxd.doctor import instance_types
 
         vm_capable = "virtual-machine" in instance_types(server["environment"])
         if resp.error is None:
             assert vm_capable, "VM creation succeeded on a host that reports no VM support"
             vm_cid = resp.result[0]
             devices = daemon.api(f"/1.0/instances/{vm_cid}")["devices"]
-            assert "cfg" in devices and any(d.get("source", "").startswith("vol-e-") for d in devices.values())
+            assert "metadata" in devices and any(d.get("source", "").startswith("vol-e-") for d in devices.values())
             daemon.call("delete_vm", vm_cid).ok()
         else:
             assert resp.error_type == "Bosh::Clouds::VMCreationFailed"
@@ -205,13 +205,14 @@ def test_vm_stemcell_imports_and_vm_creation_fails_cleanly_without_vm_support(da
 def test_settings_file_is_written_even_without_its_directory(daemon, warden_stemcell):
     """A bare root filesystem may lack /var/vcap/bosh: the CPI creates the directories."""
     from boshcpi import config
-    from boshcpi.drivers.lxd.cloud import LXDCloud
+    from boshcpi.drivers.lxd import settingsio
+    from boshcpi.drivers.lxd.host import LXDHost
 
     vm_cid, _ = daemon.call("create_vm", "agent-dir", warden_stemcell, {}, network(daemon, 26), [], {}).ok()
     daemon.cli_run("exec", vm_cid, "--", "/bin/busybox", "rm", "-rf", "/var/vcap/bosh")
-    cloud = LXDCloud(config.load(str(daemon.config_path)))
-    cloud._write_container_settings(vm_cid, {"agent_id": "again"})
-    cloud.close()
+    host = LXDHost(config.load(str(daemon.config_path)))
+    settingsio.write_container_file(host, vm_cid, {"agent_id": "again"})
+    host.close()
     assert json.loads(daemon.cli_run("exec", vm_cid, "--", "cat", "/var/vcap/bosh/warden-cpi-agent-env.json")) == {
         "agent_id": "again"
     }

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from boshcpi import devstemcell as stemcells
+from boshcpi.dev import stemcells
 from tests.integration.test_lxd_containers import network
 
 pytestmark = pytest.mark.lxd
@@ -36,7 +36,7 @@ def test_persistent_disk_lifecycle_across_two_vms(daemon, two_vms):
     ctx = daemon
     vm1, vm2 = two_vms
     disk = ctx.call("create_disk", 64, {}, vm1).ok()
-    assert disk.startswith("vol-p-")
+    assert disk.startswith(f"{daemon.kind}_p") and len(disk) == 20
     assert ctx.call("has_disk", disk).ok() is True
     vol = ctx.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")
     assert vol["content_type"] == "filesystem" and vol["config"]["size"] == "64MiB"
@@ -72,7 +72,8 @@ def test_persistent_disk_lifecycle_across_two_vms(daemon, two_vms):
     # Resize natively (grow), refuse shrink.
     assert ctx.call("resize_disk", disk, 128).ok() is None
     assert ctx.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")["config"]["size"] == "128MiB"
-    assert ctx.call("resize_disk", disk, 32).error_type == "Bosh::Clouds::CloudError"
+    # A smaller size: NotSupported, which makes the director copy (cloudfoundry/bosh disk_manager.rb).
+    assert ctx.call("resize_disk", disk, 32).error_type == "Bosh::Clouds::NotSupported"
 
     # Attach to the second VM: the data is still there and the new size is visible inside.
     hint2 = ctx.call("attach_disk", vm2, disk).ok()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from boshcpi import devstemcell as stemcells
+from boshcpi.dev import stemcells
 from tests.helpers import ROOT
 from tests.integration.test_cleanup import cleanup, killed_call
 from tests.integration.test_lxd_containers import network

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from boshcpi import devstemcell as stemcells
+from boshcpi.dev import stemcells
 
 pytestmark = pytest.mark.lxd
 
@@ -56,7 +56,7 @@ def test_fifty_mixed_calls_from_ten_workers(lxd, test_stemcells):
     vms = {v for r in results for v in r["vms"]}
     disks = {d for r in results for d in r["disks"]}
     assert set(ctx.instances()) - instances_before == vms
-    assert {v for v in ctx.volumes() if v.startswith("vol-p-")} - volumes_before == disks
+    assert {v for v in ctx.volumes() if v.startswith(f"{ctx.kind}_p")} - volumes_before == disks
     # Every remaining VM still has its ephemeral volume; no ephemeral volume of a deleted VM is left.
     assert {v for v in ctx.volumes() if v.startswith("vol-e-")} - volumes_before == {f"vol-e-{v[3:]}" for v in vms}
     for vm in vms:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from boshcpi.hostinit import generate_cert
+from boshcpi.drivers.lxd.hostinit import generate_cert
 from tests.helpers import BOSHCPI, ROOT, SECRETS, call
 
 pytestmark = pytest.mark.lxd
 
+GHOST_VM = "vm-00000000-0000-4000-8000-000000000000"
 HTTPS = "https://127.0.0.1:8443"
 
 
@@ -40,7 +41,7 @@ def write(tmp_path: Path, **server) -> Path:
 
 def test_untrusted_server_certificate_is_refused(tmp_path, client_cert):
     crt, key = client_cert
-    resp = call(write(tmp_path, tls_client_cert=crt, tls_client_key=key), "has_vm", "vm-x")
+    resp = call(write(tmp_path, tls_client_cert=crt, tls_client_key=key), "has_vm", GHOST_VM)
     assert resp.error_type == "Bosh::Clouds::CloudError"
     assert "CERTIFICATE_VERIFY_FAILED" in resp.error["message"] or "certificate verify failed" in resp.error["message"]
 
@@ -55,7 +56,7 @@ def test_insecure_skip_verify_or_a_pinned_certificate_connects(tmp_path, client_
             )["environment"]["certificate"]
         },
     ):
-        resp = call(write(tmp_path, tls_client_cert=crt, tls_client_key=key, **extra), "has_vm", "vm-x")
+        resp = call(write(tmp_path, tls_client_cert=crt, tls_client_key=key, **extra), "has_vm", GHOST_VM)
         # TLS works; the (untrusted) client is then refused by LXD itself, not by certificate checks.
         assert resp.error is None or "certificate verify failed" not in resp.error["message"].lower()
 

@@ -16,17 +16,30 @@ from boshcpi.cloud import VMSpec
 from boshcpi.dispatch import build_networks
 from boshcpi.drivers.lxd.client import LXDError
 from boshcpi.drivers.lxd.cloud import LXDCloud
+from boshcpi.protocol import CpiError
+
+# API extensions that change what create_vm sends, by daemon version.
+EXTENSIONS = {
+    "lxd-5.0": (),
+    "lxd-5.21": ("custom_volume_iso", "disk_io_bus"),
+    "lxd-6.7": ("custom_volume_iso", "disk_io_bus", "instance_boot_mode"),
+    "incus-6.0": ("custom_volume_iso", "disk_io_bus"),
+}
 
 
 class RecordingDaemon:
-    """Answers like an LXD server that knows one VM image; records every request."""
+    """Answers like an LXD/Incus server that knows one VM image; records every request."""
 
-    header_prefix = "X-LXD-"
-
-    def __init__(self, os_line: str) -> None:
+    def __init__(self, os_line: str, daemon: str = "lxd-5.0") -> None:
         self.os_line = os_line
+        self.daemon = daemon
+        self.header_prefix = "X-Incus-" if daemon.startswith("incus") else "X-LXD-"
         self.sent: list[tuple[str, str, object]] = []
-        self.server = {"environment": {"server_clustered": False}}
+        self.headers: list[dict] = []
+        self.server = {"environment": {"server_clustered": False}, "api_extensions": list(EXTENSIONS[daemon])}
+
+    def has_extension(self, name):
+        return name in EXTENSIONS[self.daemon]
 
     def get(self, path, **kw):
         if path.startswith("/1.0/images/aliases/"):
@@ -35,6 +48,12 @@ class RecordingDaemon:
             return {"type": "virtual-machine", "properties": {"os": self.os_line, "bosh.stemcell.kind": "vm"}}
         if path.startswith("/1.0/networks/"):
             return {"managed": True}
+        if path == "/1.0/resources":
+            return {"cpu": {"total": 8}, "memory": {"total": 16 << 30}}
+        if path.endswith("/resources"):
+            return {"space": {"total": 100 << 30, "used": 0}}
+        if "/volumes/custom/" in path:
+            return {"config": {"size": "4096"}, "content_type": "iso"}
         raise LXDError(404, "not found")
 
     def request(self, method, path, body=None, params=None, **kw):
@@ -43,6 +62,7 @@ class RecordingDaemon:
 
     def raw(self, method, path, body=None, headers=None, params=None, **kw):
         self.sent.append((method, path, body))
+        self.headers.append(dict(headers or {}))
         return 200, {}, b'{"type": "sync", "metadata": {}}'
 
     def _result(self, status, payload, wait):
@@ -52,16 +72,21 @@ class RecordingDaemon:
         pass
 
 
-def make(kind: str, os_line: str):
+def make(kind: str, os_line: str, daemon: str = "lxd-5.0", **server):
     cfg = config.from_dict(
         {
-            "server": {"network_name": "br0", "storage_pool_name": "fast"},
+            "server": {
+                "type": "incus" if daemon.startswith("incus") else "lxd",
+                "network_name": "br0",
+                "storage_pool_name": "fast",
+                **server,
+            },
             "agent": {"mbus": "nats://u:p@10.0.0.1:4222", "ntp": ["ntp"]},
             "agent_config": {"type": kind},
         }
     )
     cloud = LXDCloud(cfg)
-    cloud._client = RecordingDaemon(os_line)
+    cloud.host.client = RecordingDaemon(os_line, daemon)
     return cloud
 
 
@@ -98,6 +123,14 @@ def settings_from_import(body: bytes) -> dict:
     return configdisk.read_settings(image, userdata_path="ec2/latest/user-data")
 
 
+def imports(cloud) -> list[tuple[str, dict, bytes]]:
+    """(path, headers, body) of every volume import (backup tarballs and iso uploads) sent."""
+    d = cloud.host.client
+    raws = [(m, p, b) for m, p, b in d.sent if isinstance(b, bytes)]
+    return [(p, h, b) for (m, p, b), h in zip(raws, d.headers, strict=True) if m == "POST"]
+
+
+@pytest.mark.parametrize("daemon", sorted(EXTENSIONS))
 @pytest.mark.parametrize(
     ("kind", "os_line", "boot"),
     [
@@ -105,10 +138,11 @@ def settings_from_import(body: bytes) -> dict:
         ("FAT32", "ubuntu-noble", {"security.secureboot": "false"}),
     ],
 )
-def test_vm_request(kind, os_line, boot):
-    cloud = make(kind, os_line)
+def test_vm_request(kind, os_line, boot, daemon):
+    cloud = make(kind, os_line, daemon)
+    prefix = "incus_" if daemon.startswith("incus") else "lxd_"
     vm_cid, nets = cloud.create_vm(spec())
-    sent = cloud._client.sent
+    sent = cloud.host.client.sent
     posts = {path: body for method, path, body in sent if method == "POST" and isinstance(body, dict)}
     # Ephemeral disk: a block volume of the asked size, owned by the VM.
     eph = posts["/1.0/storage-pools/fast/volumes/custom"]
@@ -125,41 +159,113 @@ def test_vm_request(kind, os_line, boot):
         "network": "br0",
         "ipv4.address": "10.245.0.20",
     }
-    eph_dev = "e" + vm_cid[3:].replace("-", "")[:19]
-    assert devices[eph_dev]["source"] == eph["name"] and "path" not in devices[eph_dev]
-    assert devices["cfg"]["source"].startswith(f"vol-c-{vm_cid[3:]}")
+    # Device names sort root < ephemeral < config drive < persistent disks (p...), the order the
+    # guest's SCSI targets follow (devices_sort.go: root first, then by name).
+    assert devices["ephemeral"] == {"type": "disk", "pool": "fast", "source": eph["name"]}
+    assert devices["metadata"]["source"].startswith(f"vol-c-{vm_cid[3:]}")
+    assert sorted(n for n, d in devices.items() if d["type"] == "disk" and n != "root") == ["ephemeral", "metadata"]
     assert cfg["limits.cpu"] == "2" and cfg["limits.memory"] == "4096MiB"
-    for key, value in boot.items():
-        assert cfg[key] == value
-    if "security.csm" not in boot:
-        assert "security.csm" not in cfg
+    if daemon == "lxd-6.7":
+        # boot.mode replaced security.csm/security.secureboot (API extension instance_boot_mode).
+        assert cfg["boot.mode"] == ("bios" if boot.get("security.csm") == "true" else "uefi-nosecureboot")
+        assert "security.csm" not in cfg and "security.secureboot" not in cfg
+    else:
+        for key, value in boot.items():
+            assert cfg[key] == value
+        if "security.csm" not in boot:
+            assert "security.csm" not in cfg
     # No secret in instance config; the settings live on the config drive.
     assert "nats://u:p@" not in str(cfg)
-    imports = [body for method, path, body in sent if method == "POST" and isinstance(body, bytes)]
-    assert len(imports) == 1
-    settings = settings_from_import(imports[0])
+    uploads = imports(cloud)
+    iso = kind == "CDROM" and daemon != "lxd-5.0"
+    if iso:
+        # Where the daemon has iso volumes a CDROM drive is one (a CD-ROM in the guest, no sd letter),
+        # with a block copy of the same image beside it for reading back.
+        iso_up = [(p, h, b) for p, h, b in uploads if h.get(f"{cloud.host.client.header_prefix}type") == "iso"]
+        assert (
+            len(iso_up) == 1 and iso_up[0][1][f"{cloud.host.client.header_prefix}name"] == devices["metadata"]["source"]
+        )
+        image = iso_up[0][2]
+        assert image[16 * 2048 + 1 : 16 * 2048 + 6] == b"CD001"
+        settings = configdisk.read_settings(image, userdata_path="ec2/latest/user-data")
+        copies = [b for p, h, b in uploads if h.get(f"{cloud.host.client.header_prefix}name", "").endswith("-b")]
+        assert len(copies) == 1 and settings_from_import(copies[0]) == settings
+    else:
+        assert len(uploads) == 1
+        settings = settings_from_import(uploads[0][2])
     assert settings["agent_id"] == "agent-vm" and settings["mbus"] == "nats://u:p@10.0.0.1:4222"
-    assert settings["disks"]["system"] == "/dev/sda"
-    assert settings["disks"]["ephemeral"] == {"id": eph_dev, "path": "/dev/sdb"}
+    # The agent finds the ephemeral disk by path only: the by-id link of its serial.
+    assert settings["disks"]["ephemeral"] == {"path": f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_{prefix}ephemeral"}
+    assert settings["disks"]["system"] == f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_{prefix}root"
     assert settings["networks"]["default"]["mac"] == nets["default"]["mac"]
     assert settings["networks"]["default"]["preconfigured"] is False
     # Started last.
     assert sent[-1][:2] == ("PUT", f"/1.0/instances/{vm_cid}/state")
 
 
-def test_raw_devices_and_config_merge_over_ours():
+def test_go_dhcp_assignment_pins_the_address_and_tells_the_agent_dynamic():
+    cloud = make("FAT32", "ubuntu-noble", managed_network_assignment="dhcp")
+    _vm_cid, nets = cloud.create_vm(spec())
+    inst = next(b for m, p, b in cloud.host.client.sent if p == "/1.0/instances")
+    assert inst["devices"]["eth0"]["ipv4.address"] == "10.245.0.20"
+    settings = settings_from_import(imports(cloud)[0][2])
+    assert settings["networks"]["default"]["type"] == "dynamic" and nets["default"]["type"] == "dynamic"
+    agent = make("FAT32", "ubuntu-noble", managed_network_assignment="agent")
+    agent.create_vm(spec())
+    inst = next(b for m, p, b in agent.host.client.sent if p == "/1.0/instances")
+    assert "ipv4.address" not in inst["devices"]["eth0"]
+
+
+def test_instance_config_default_key_and_named_instance_types():
+    cloud = make("FAT32", "ubuntu-noble", instance_config={"jammy": {"security.csm": "true"}, "default": {"x.y": "1"}})
+    cloud.create_vm(spec({"instance_type": "t2.micro", "network": "br0"}))
+    inst = next(b for m, p, b in cloud.host.client.sent if p == "/1.0/instances")
+    assert inst["config"]["x.y"] == "1" and "security.csm" not in inst["config"]
+    # A name the daemon knows sizes the VM there, as the Go CPI passed it.
+    assert inst["instance_type"] == "t2.micro" and "limits.cpu" not in inst["config"]
+
+
+def test_raw_devices_and_config_need_the_operators_opt_in():
+    raw = {
+        "config": {"limits.cpu": "8", "security.secureboot": True},
+        "devices": {"gpu": {"type": "gpu"}, "hostetc": {"type": "disk", "source": "/etc", "path": "/mnt"}},
+    }
+    for key in ("config", "devices"):
+        cloud = make("CDROM", "ubuntu-jammy")
+        with pytest.raises(CpiError, match=f"allow_raw_{key}"):
+            cloud.create_vm(spec({key: raw[key]}))
+        assert cloud.host.client.sent == []  # refused before the daemon heard of it
+    cloud = make("CDROM", "ubuntu-jammy", allow_raw_devices=True, allow_raw_config=True)
+    cloud.create_vm(spec(raw))
+    inst = next(body for method, path, body in cloud.host.client.sent if path == "/1.0/instances")
+    assert inst["config"]["limits.cpu"] == "8" and inst["config"]["security.secureboot"] == "true"
+    assert inst["devices"]["gpu"] == {"type": "gpu"} and inst["devices"]["hostetc"]["source"] == "/etc"
+    # Safe keys and pool volumes need no opt-in.
     cloud = make("CDROM", "ubuntu-jammy")
     cloud.create_vm(
-        spec(
-            {
-                "config": {"limits.cpu": "8", "security.secureboot": True},
-                "devices": {
-                    "gpu": {"type": "gpu"},
-                    "root": {"type": "disk", "path": "/", "pool": "ssd", "size": "20GiB"},
-                },
-            }
-        )
+        spec({"config": {"limits.cpu": "3"}, "devices": {"d": {"type": "disk", "pool": "p", "source": "v"}}})
     )
-    inst = next(body for method, path, body in cloud._client.sent if path == "/1.0/instances")
-    assert inst["config"]["limits.cpu"] == "8" and inst["config"]["security.secureboot"] == "true"
-    assert inst["devices"]["gpu"] == {"type": "gpu"} and inst["devices"]["root"]["pool"] == "ssd"
+
+
+def test_persistent_hints_follow_the_devices_the_guest_sees():
+    from boshcpi.drivers.lxd import disks, naming
+
+    cloud = make("CDROM", "ubuntu-noble")
+    new = naming.new_disk_cid("lxd")
+    old = "vol-p-" + "1" * 8 + "-2222-3333-4444-" + "5" * 12
+    inst = {
+        "type": "virtual-machine",
+        "devices": {
+            "root": {"type": "disk", "path": "/"},
+            "ephemeral": {"type": "disk", "source": "vol-e-x"},
+            "metadata": {"type": "disk", "source": "vol-c-x"},
+            naming.persistent_device(new, "lxd"): {"type": "disk", "source": new},
+            "p" + "0" * 19: {"type": "disk", "source": old},  # boshcpi 0.1: a 24-character serial
+        },
+    }
+    settings = {"disks": {"persistent": {new: {}, old: {"path": "/dev/sdc"}}}}
+    out = disks.refresh_hints(cloud.host, inst, settings)["disks"]["persistent"]
+    assert out[new] == {"path": "/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_" + new}
+    # The old disk sorts first among the p... devices; the config drive here is an iso (no sd letter):
+    # sda root, sdb ephemeral, sdc p000..., sdd the new disk.
+    assert out[old] == {"path": "/dev/sdc"}

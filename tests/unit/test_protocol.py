@@ -89,13 +89,13 @@ def test_api_version_absent_is_v1(cfg):
         ("create_vm", ["a", "s", {}, {"n": {"type": "manual"}}, [], {}], "manual but has no ip"),
         ("create_vm", ["a", "s", {}, {"n": {"type": "bogus", "ip": "1"}}, [], {}], "manual, dynamic or vip"),
         ("create_vm", ["a", "s", {}, {}, [1], {}], "disk_cids must be a list of strings"),
-        ("create_vm", ["a", "s", {"instance_type": "huge"}, {}, [], {}], "instance_type"),
+        ("create_vm", ["a", "s", {"instance_type": "c0-m4"}, {}, [], {}], "instance_type"),
+        ("create_vm", ["a", "s", {"instance_type": "huge size!"}, {}, [], {}], "instance_type"),
         ("set_vm_metadata", ["vm-1", {"a": {"b": 1}}], "metadata value of 'a' must be a string"),
         ("resize_disk", ["vol-p-1", -5], "positive integer"),
         ("attach_disk", ["vm-1"], "expected 2 arguments"),
         ("calculate_vm_cloud_properties", [{"cpu": "two", "ram": 1}], "vm_resources.cpu"),
         ("create_stemcell", ["/nonexistent/image", {}], "does not exist"),
-        ("delete_snapshot", ["not-a-snapshot"], "not a boshcpi snapshot cid"),
     ],
 )
 def test_argument_errors_name_method_and_argument(cfg, method, args, needle):

@@ -1,4 +1,13 @@
-"""Drivers: one package per IaaS. `make_cloud` picks one from the config without importing the others."""
+"""Drivers: one package per IaaS, each holding everything about it (its Cloud, naming, orphan finder,
+doctor checks, host set-up). This module is the only place that knows their names; it imports a
+driver's module only when a command needs it.
+
+A driver package provides:
+- `cloud.py`: the Cloud (every CPI method);
+- `cleanup.py`: `Cleaner(cfg)` with `find(older_than) -> [Orphan]`, `remove(orphan)`, `close()`;
+- `doctor.py`: `checks(cfg) -> [Check]`;
+- `hostinit.py` (optional): `add_arguments(parser)` and `run(cfg, args) -> (what, [Step])`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +15,13 @@ from boshcpi.cloud import Cloud
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
+
     from boshcpi.config import Config
     from boshcpi.protocol import Request
+
+PACKAGES = {"lxd": "boshcpi.drivers.lxd", "libvirt": "boshcpi.drivers.libvirt"}
 
 STEMCELL_FORMATS = {
     # VM stemcells (OpenStack-style root.img) and warden-style root filesystem tarballs.
@@ -23,6 +37,12 @@ class InfoCloud(Cloud):
         self.stemcell_formats = formats
 
 
+def _part(cfg: Config, name: str) -> ModuleType:
+    import importlib
+
+    return importlib.import_module(f"{PACKAGES[cfg.driver]}.{name}")
+
+
 def make_cloud(cfg: Config, request: Request | None = None) -> Cloud:
     if request is not None and request.method == "info":
         return InfoCloud(STEMCELL_FORMATS[cfg.driver])
@@ -33,3 +53,23 @@ def make_cloud(cfg: Config, request: Request | None = None) -> Cloud:
     from boshcpi.drivers.lxd.cloud import LXDCloud
 
     return LXDCloud(cfg, request)
+
+
+def make_cleaner(cfg: Config) -> Any:
+    return _part(cfg, "cleanup").Cleaner(cfg)
+
+
+def doctor_checks(cfg: Config) -> list[Any]:
+    return _part(cfg, "doctor").checks(cfg)
+
+
+def host_init(cfg: Config) -> ModuleType | None:
+    try:
+        return _part(cfg, "hostinit")
+    except ModuleNotFoundError:
+        return None
+
+
+def connection_fix(config_path: str | None) -> str:
+    where = config_path or "the config"
+    return f"check the server/libvirt URL and credentials in {where} (boshcpi doctor --config {where})"

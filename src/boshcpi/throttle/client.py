@@ -108,3 +108,16 @@ def lease_for(cfg: Config) -> Callable[[str], Lease]:
         return Lease(tc.path, tc.limit, wait, method)
 
     return make
+
+
+def server_status(path: str, timeout: float = 2.0) -> str:
+    """The lease server's `status` reply (one line), or raise OSError when none answers at `path`."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(b'{"op": "status"}\n')
+        reply = sock.recv(65536)
+        return reply.decode(errors="replace").strip()
+    finally:
+        sock.close()

@@ -1,11 +1,10 @@
 """Domain XML: a default template the operator can replace (`libvirt.domain_template`), and the
-device snippets it is filled with. Disk slots are static, as in the Go libvirt CPI:
+device snippets it is filled with.
 
-    vda  boot disk: a qcow2 overlay on the stemcell volume (copy-on-write)
-    vdb  ephemeral disk
-    vdc  config drive (FAT32 or ISO9660, label config-2), read-only
-    vdd… persistent disks, in attach order; each carries a 20-character serial so the agent finds it
-         under /dev/disk/by-id/virtio-<serial>
+Disks carry serials (`root`, `ephemeral`, `config-2`, a persistent disk's cid): the guest names
+virtio disks in PCI order, so the agent is told the `/dev/disk/by-id/virtio-<serial>` links, never
+a vdX letter. Target names in the XML only have to be unique. The config drive is a CD-ROM on a
+virtio-scsi controller (CDROM type) or a read-only virtio disk (FAT32 type).
 """
 
 from __future__ import annotations
@@ -55,7 +54,18 @@ DEFAULT_TEMPLATE = """<domain type='${domain_type}'>
 """
 
 SLOTS = {"root": "vda", "ephemeral": "vdb", "config": "vdc"}
-PERSISTENT_SLOTS = tuple(f"vd{c}" for c in "defghijklmnopqrstuvwxyz")
+CONFIG_DEV = SLOTS["config"]
+TARGETS = tuple(f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz") + tuple(
+    f"vd{a}{b}" for a in "abcdefghijklmnopqrstuvwxyz" for b in "abcdefghijklmnopqrstuvwxyz"
+)
+SCSI_CONTROLLER = "<controller type='scsi' index='0' model='virtio-scsi'/>"
+
+
+def cdrom_xml(path: str, dev: str = "sda", bus: str = "scsi") -> str:
+    return (
+        "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+        f"<source file={quoteattr(path)}/><target dev='{dev}' bus='{bus}'/><readonly/></disk>"
+    )
 
 
 def disk_xml(path: str, dev: str, fmt: str, *, readonly: bool = False, serial: str = "") -> str:

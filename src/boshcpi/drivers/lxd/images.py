@@ -12,17 +12,21 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from boshcpi import log, naming, stemcell
+from boshcpi import ids, log, stemcell
 from boshcpi.cloud import StemcellSpec
 from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote, urlencode
 from boshcpi.drivers.lxd.errors import mapped, to_bosh
 from boshcpi.protocol import CloudError, CpiError
 
-ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from boshcpi.drivers.lxd.host import LXDHost
+
+DEFAULT_MAX_IMAGE = 100 << 30
 
 
 def _metadata_yaml(spec: StemcellSpec, is_vm: bool) -> str:
-    arch = ARCH.get(spec.architecture, spec.architecture or "x86_64")
+    arch = stemcell.architecture(spec.cloud_properties.get("architecture"))
     props = {
         "description": f"BOSH stemcell {spec.name or 'unnamed'}/{spec.version or '0'}",
         "os": spec.os or "bosh",
@@ -32,23 +36,25 @@ def _metadata_yaml(spec: StemcellSpec, is_vm: bool) -> str:
         "bosh.stemcell.version": spec.version,
         "bosh.stemcell.kind": "vm" if is_vm else "container",
     }
+    # Every value is the stemcell's own (stemcell.MF): quoted, never trusted to be plain YAML.
     lines = [f"architecture: {arch}", "creation_date: 946684800", "properties:"]
-    lines += [f"  {k}: {stemcell.yaml_quote(str(v))}" for k, v in props.items()]
+    lines += [f"  {k}: {stemcell.yaml_quote(str(v)[:255])}" for k, v in props.items()]
     return "\n".join(lines) + "\n"
 
 
 class Multipart:
-    """A multipart/form-data body (metadata + rootfs) streamed from disk, of known length, hashing
-    what it sends: the split image's fingerprint comes out of the same single read."""
+    """A multipart/form-data body (metadata + rootfs) of known length, streamed from a file or from the
+    stemcell tarball itself, hashing what it sends: the split image's fingerprint comes out of the
+    same single read."""
 
-    def __init__(self, meta: bytes, rootfs_name: str, rootfs_path: str) -> None:
+    def __init__(self, meta: bytes, rootfs_name: str, size: int, chunks: Iterator[bytes]) -> None:
         import hashlib
 
         self.boundary = "boshcpi-" + os.urandom(12).hex()
-        self.rootfs_path = rootfs_path
         self.head = self._head("metadata") + meta + b"\r\n" + self._head(rootfs_name)
         self.tail = f"\r\n--{self.boundary}--\r\n".encode()
-        self.size = os.path.getsize(rootfs_path)
+        self.size = size
+        self.chunks = chunks
         self.length = len(self.head) + self.size + len(self.tail)
         self.hash = hashlib.sha256(meta)
 
@@ -62,7 +68,7 @@ class Multipart:
         yield self.head
         total = self.size or 1
         sent, next_report, start = 0, 0.25, time.monotonic()
-        for chunk in stemcell.file_chunks(self.rootfs_path):
+        for chunk in self.chunks:
             self.hash.update(chunk)
             sent += len(chunk)
             if sent / total >= next_report:
@@ -70,13 +76,15 @@ class Multipart:
                 log.info(f"uploading image: {sent * 100 // total}% of {total // (1 << 20)} MiB ({rate:.0f} MB/s)")
                 next_report += 0.25
             yield chunk
+        if sent != self.size:
+            raise CpiError(f"create_stemcell: the image ended after {sent} of {self.size} bytes")
         yield self.tail
 
 
 def find_alias_info(client: LXDClient, cid: str) -> dict | None:
     """The alias behind a stemcell cid (`target` fingerprint, `type`), or None."""
     try:
-        return client.get(f"/1.0/images/aliases/{quote(cid)}")
+        return client.get(f"/1.0/images/aliases/{quote(cid, '')}")
     except LXDError as e:
         if e.not_found:
             return None
@@ -91,36 +99,46 @@ def find_alias(client: LXDClient, cid: str) -> str | None:
 
 def image_info(client: LXDClient, fingerprint: str) -> dict | None:
     try:
-        return client.get(f"/1.0/images/{fingerprint}")
+        return client.get(f"/1.0/images/{quote(fingerprint, '')}")
     except LXDError as e:
         if e.not_found:
             return None
         raise
 
 
-def upload(client: LXDClient, spec: StemcellSpec, timeout: float) -> str:
-    """Import the stemcell image; return its fingerprint (reusing an identical image)."""
-    stemcell.check_image_path(spec.image_path)
+def _kind(spec: StemcellSpec) -> str:
     if spec.is_container:
-        is_vm = False
-    elif spec.disk_format in ("qcow2", "raw") or spec.cloud_properties.get("container_format") == "bare":
-        is_vm = True
-    else:
-        is_vm = stemcell.is_vm_image(spec.image_path)
+        return "rootfs"
+    return stemcell.probe(spec.image_path)
+
+
+def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int = DEFAULT_MAX_IMAGE) -> str:
+    """Import the stemcell image; return its fingerprint (reusing an identical image).
+
+    Container images stream straight from the stemcell file. A qcow2 root.img streams straight out of
+    the gzipped image tarball into the upload (no temporary copy); a raw one is written sparse to a
+    temporary folder and converted to the qcow2 LXD wants."""
+    stemcell.check_image_path(spec.image_path)
+    is_vm = _kind(spec) == "vm"
     meta = stemcell.metadata_tarball(_metadata_yaml(spec, is_vm))
     tmpdir = None
+    disk = None
     try:
-        if is_vm:
-            tmpdir = tempfile.mkdtemp(prefix="boshcpi-stemcell-", dir=os.environ.get("BOSHCPI_TMPDIR"))
-            rootfs = stemcell.extract_disk_image(spec.image_path, os.path.join(tmpdir, "root.img"))
-            if stemcell.disk_format(rootfs) != "qcow2":
-                rootfs = _to_qcow2(rootfs)
-            part = "rootfs.img"
+        if not is_vm:
+            body = Multipart(meta, "rootfs", os.path.getsize(spec.image_path), stemcell.file_chunks(spec.image_path))
         else:
-            rootfs, part = spec.image_path, "rootfs"
+            disk = stemcell.DiskImage(spec.image_path)
+            if disk.format == "qcow2":
+                body = Multipart(meta, "rootfs.img", disk.size, disk.chunks())
+            else:
+                tmpdir = tempfile.mkdtemp(prefix="boshcpi-stemcell-", dir=os.environ.get("BOSHCPI_TMPDIR"))
+                raw = os.path.join(tmpdir, "root.img")
+                disk.write_sparse(raw, max_image)
+                disk.close()
+                qcow2 = _to_qcow2(raw)
+                body = Multipart(meta, "rootfs.img", os.path.getsize(qcow2), stemcell.file_chunks(qcow2))
         # Upload straight away, hashing as it streams (no separate pass over a multi-GB image);
         # LXD refuses an image it already holds by fingerprint, and then that image is reused.
-        body = Multipart(meta, part, rootfs)
         headers = {
             "Content-Type": f"multipart/form-data; boundary={body.boundary}",
             f"{client.header_prefix}properties": urlencode({"boshcpi": "true"}),
@@ -141,6 +159,8 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float) -> str:
             log.warn(f"daemon fingerprint {fingerprint[:12]} differs from computed {body.hash.hexdigest()[:12]}")
         return fingerprint
     finally:
+        if disk is not None:
+            disk.close()
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -153,13 +173,39 @@ def _to_qcow2(raw_path: str) -> str:
     qemu_img = shutil.which("qemu-img")
     if not qemu_img:
         raise CpiError("create_stemcell: raw VM images need qemu-img (package qemu-utils) to become qcow2")
-    subprocess.run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", raw_path, out], check=True)
+    proc = subprocess.run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", raw_path, out], capture_output=True)
+    if proc.returncode != 0:
+        raise CloudError(f"create_stemcell: qemu-img convert failed: {proc.stderr.decode(errors='replace')[:300]}")
     os.unlink(raw_path)
     return out
 
 
+def predeploy(host: LXDHost, cid: str) -> None:
+    """On a cluster, make every member hold the image now, not at the first create_vm."""
+    client = host.client
+    cluster = client.get("/1.0/cluster", project=False) or {}
+    if not cluster.get("enabled"):
+        return
+    members = client.get("/1.0/cluster/members", params={"recursion": 1}, project=False) or []
+    for member in members:
+        name = f"pre-{ids.new_id()[:8]}"
+        body = {
+            "name": name,
+            "source": {"type": "image", "alias": cid},
+            "devices": {"root": {"type": "disk", "path": "/", "pool": host.pool}},
+        }
+        try:
+            client.request("POST", "/1.0/instances", body, params={"target": member["server_name"]})
+        finally:
+            try:
+                client.delete(f"/1.0/instances/{quote(name, '')}")
+            except LXDError as e:
+                log.warn(f"predeploy: cannot delete the throwaway instance {name}: {e.message}")
+        log.info(f"predeployed {cid} on {member['server_name']}")
+
+
 def create_alias(client: LXDClient, fingerprint: str, spec: StemcellSpec) -> str:
-    cid = naming.new_stemcell_cid()
+    cid = ids.new_stemcell_cid()
     desc = f"boshcpi stemcell {spec.name}/{spec.version}".strip()
     with mapped("create_stemcell: alias"):
         client.request("POST", "/1.0/images/aliases", {"name": cid, "target": fingerprint, "description": desc})
@@ -172,6 +218,13 @@ def users_of(client: LXDClient, fingerprint: str) -> list[str]:
     return [i["name"] for i in instances if (i.get("config") or {}).get("volatile.base_image") == fingerprint]
 
 
+def _ours(info: dict) -> bool:
+    """An image boshcpi uploaded (property `boshcpi`), or one in the Go CPI's layout (its
+    create_stemcell sets `root_device_name` and `root_disk_size`)."""
+    props = info.get("properties") or {}
+    return props.get("boshcpi") == "true" or ("root_device_name" in props and "root_disk_size" in props)
+
+
 def delete(client: LXDClient, cid: str) -> None:
     with mapped(f"delete_stemcell {cid}"):
         fingerprint = find_alias(client, cid)
@@ -179,6 +232,9 @@ def delete(client: LXDClient, cid: str) -> None:
             log.info(f"stemcell {cid} is already gone")
             return
         info = image_info(client, fingerprint) or {}
+        if info and not _ours(info):
+            log.warn(f"delete_stemcell: {cid} names an image boshcpi did not make; leaving it alone")
+            return
         others = [a["name"] for a in info.get("aliases") or [] if a.get("name") != cid]
         if not others:
             users = users_of(client, fingerprint)
@@ -187,8 +243,8 @@ def delete(client: LXDClient, cid: str) -> None:
                     f"delete_stemcell: stemcell {cid} is still used by {len(users)} VM(s): "
                     f"{', '.join(sorted(users)[:5])}; delete them first"
                 )
-        client.delete(f"/1.0/images/aliases/{quote(cid)}")
+        client.delete(f"/1.0/images/aliases/{quote(cid, '')}")
         if others:
             log.info(f"image {fingerprint[:12]} kept: still the stemcell(s) {', '.join(others)}")
             return
-        client.delete(f"/1.0/images/{fingerprint}")
+        client.delete(f"/1.0/images/{quote(fingerprint, '')}")

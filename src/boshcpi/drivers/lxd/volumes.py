@@ -1,7 +1,9 @@
-"""Moving bytes in and out of custom block volumes through the volume backup API.
+"""Moving bytes in and out of custom volumes.
 
-LXD 5.0 has no ISO volume upload; a custom-volume backup tarball (`backup/index.yaml` plus
-`backup/volume.img`) imports on LXD and Incus alike, and exports the same way for reading back.
+A custom-volume backup tarball (`backup/index.yaml` plus `backup/volume.img`) imports a block volume
+on LXD and Incus alike and exports the same way for reading back. Where the daemon has the
+`custom_volume_iso` extension an ISO image can also become an `iso` volume (a CD-ROM in the guest);
+those cannot be exported again.
 """
 
 from __future__ import annotations
@@ -12,25 +14,26 @@ import os
 import tarfile
 
 from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote
+from boshcpi.stemcell import yaml_quote
 
 
 def _index_yaml(name: str, pool: str, size_mb: int, config: dict[str, str]) -> str:
     lines = [
-        f"name: {name}",
-        f"pool: {pool}",
+        f"name: {yaml_quote(name)}",
+        f"pool: {yaml_quote(pool)}",
         "optimized: false",
         "optimized_header: false",
         "type: custom",
         "config:",
         "  volume:",
-        f"    name: {name}",
+        f"    name: {yaml_quote(name)}",
         "    type: custom",
         "    content_type: block",
         '    description: "boshcpi config drive"',
         "    config:",
         f"      size: {size_mb}MiB",
     ]
-    lines += [f'      {k}: "{v}"' for k, v in config.items()]
+    lines += [f"      {k}: {yaml_quote(v)}" for k, v in config.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -53,14 +56,29 @@ def backup_tarball(name: str, pool: str, image: bytes, config: dict[str, str]) -
 def import_block(client: LXDClient, pool: str, name: str, image: bytes, config: dict[str, str]) -> None:
     body = backup_tarball(name, pool, image, config)
     headers = {"Content-Type": "application/octet-stream", f"{client.header_prefix}name": name}
-    status, _, payload = client.raw("POST", f"/1.0/storage-pools/{quote(pool)}/volumes/custom", body, headers)
+    status, _, payload = client.raw("POST", f"/1.0/storage-pools/{quote(pool, '')}/volumes/custom", body, headers)
     client._result(status, payload, wait=True)
+
+
+def import_iso(client: LXDClient, pool: str, name: str, image: bytes, description: str, target: str = "") -> None:
+    """Upload an ISO image as an `iso` custom volume (lxc/incus `storage volume import --type=iso`),
+    then describe it (the only thing an iso volume lets change, with its config as it is)."""
+    headers = {
+        "Content-Type": "application/octet-stream",
+        f"{client.header_prefix}name": name,
+        f"{client.header_prefix}type": "iso",
+    }
+    path = f"/1.0/storage-pools/{quote(pool, '')}/volumes/custom"
+    status, _, payload = client.raw("POST", path, image, headers, params={"target": target})
+    client._result(status, payload, wait=True)
+    vol = client.get(f"{path}/{quote(name, '')}")
+    client.request("PUT", f"{path}/{quote(name, '')}", {"config": vol.get("config") or {}, "description": description})
 
 
 def export_block(client: LXDClient, pool: str, name: str) -> bytes:
     """Read a custom block volume's bytes back (through a temporary backup, removed afterwards)."""
     backup = "read-" + os.urandom(4).hex()
-    base = f"/1.0/storage-pools/{quote(pool)}/volumes/custom/{quote(name)}/backups"
+    base = f"/1.0/storage-pools/{quote(pool, '')}/volumes/custom/{quote(name, '')}/backups"
     client.request("POST", base, {"name": backup, "compression_algorithm": "gzip"})
     try:
         status, _, payload = client.raw("GET", f"{base}/{backup}/export")

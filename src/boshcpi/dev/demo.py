@@ -1,4 +1,4 @@
-"""`make demo` / `python -m boshcpi.demo`: a director-like lifecycle on the local host.
+"""`make demo` / `python -m boshcpi.dev.demo`: a director-like lifecycle on the local host.
 
 Each step runs the real `boshcpi cpi` process with one JSON request, as a director would, and
 prints the call and its duration. Everything the demo makes lives in its own project and is
@@ -12,31 +12,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
+
+from boshcpi.dev.calls import cpi as _cpi
+from boshcpi.dev.calls import quiet as _quiet
 
 DEMO_PROJECT = "boshcpi-demo"
-
-
-def _cpi(config: Path, method: str, *args: Any) -> Any:
-    request = {"method": method, "arguments": list(args), "context": {"director_uuid": "demo"}, "api_version": 2}
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(config)],
-        input=json.dumps(request).encode(),
-        capture_output=True,
-    )
-    took = (time.monotonic() - start) * 1000
-    doc = json.loads(proc.stdout)
-    shown = json.dumps(doc["result"] if doc["error"] is None else doc["error"])
-    if len(shown) > 110:
-        shown = shown[:107] + "..."
-    arg_text = ", ".join(json.dumps(a)[:40] for a in args)
-    print(f"{took:8.0f} ms  {method}({arg_text}) -> {shown}", flush=True)
-    if doc["error"] is not None:
-        raise SystemExit(f"demo: {method} failed: {doc['error']['message']}")
-    return doc["result"]
 
 
 def _lxd_config(kind: str, tmp: Path) -> Path:
@@ -56,13 +37,13 @@ def _lxd_config(kind: str, tmp: Path) -> Path:
 
 
 def lifecycle(config: Path, stemcell_dir: Path, subnet: str, show: list[str]) -> None:
-    from boshcpi import devstemcell
+    from boshcpi.dev import stemcells
 
     vm = disk = snap = stemcell = None
     try:
         _cpi(config, "info")
         stemcell = _cpi(
-            config, "create_stemcell", str(stemcell_dir / "image"), devstemcell.cloud_properties(stemcell_dir)
+            config, "create_stemcell", str(stemcell_dir / "image"), stemcells.cloud_properties(stemcell_dir)
         )
         net = {
             "default": {
@@ -121,27 +102,20 @@ def lifecycle(config: Path, stemcell_dir: Path, subnet: str, show: list[str]) ->
             _quiet(config, "delete_stemcell", stemcell)
 
 
-def _quiet(config: Path, method: str, *args: Any) -> None:
-    try:
-        _cpi(config, method, *args)
-    except SystemExit as e:
-        print(e, file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from boshcpi import devstemcell
+    from boshcpi.dev import stemcells
 
     p = argparse.ArgumentParser(prog="boshcpi demo", description=__doc__)
     p.add_argument("--driver", default=os.environ.get("DRIVER", "lxd"), choices=["lxd", "incus", "libvirt"])
     args = p.parse_args(argv)
     cache = Path(os.environ.get("BOSHCPI_STEMCELL_CACHE", "/var/tmp/boshcpi-stemcells"))
     print(f"building test stemcells in {cache} (Debian packages only)")
-    built = devstemcell.build_all(cache)
+    built = stemcells.build_all(cache)
     with tempfile.TemporaryDirectory(prefix="boshcpi-demo-") as tmp:
         if args.driver == "libvirt":
-            from boshcpi.demo_libvirt import run as run_libvirt
+            from boshcpi.dev.demo_libvirt import run as run_libvirt
 
             run_libvirt(Path(tmp), built)
             return 0

@@ -3,7 +3,7 @@
 - warden-style: a gzipped busybox root filesystem tarball plus stemcell.MF (system containers);
 - VM: `image` is a gzipped tar holding `root.img` (raw or qcow2) plus stemcell.MF.
 
-`python -m boshcpi.devstemcell DIR` builds all of them into DIR. Builds are cached by content.
+`python -m boshcpi.dev.stemcells DIR` builds all of them into DIR. Builds are cached by content.
 """
 
 from __future__ import annotations
@@ -250,15 +250,19 @@ if __name__ == "__main__":
 
 
 def build_boot_stemcell(out: Path, fmt: str = "qcow2") -> Path:
-    """A VM stemcell whose root.img really boots (see devbootimage); cached like the others."""
-    from boshcpi import devbootimage
+    """A VM stemcell whose root.img really boots (see dev.bootimage); cached like the others."""
+    import hashlib
 
-    d = out / f"vm-boot-{fmt}"
+    from boshcpi.dev import bootimage
+
+    # Keyed by the builder's own source: a changed /init or module list builds a new image.
+    key = hashlib.sha256(Path(bootimage.__file__).read_bytes()).hexdigest()[:10]
+    d = out / f"vm-boot-{fmt}-{key}"
     if (d / "image").exists():
         return d
     d.mkdir(parents=True, exist_ok=True)
     _pack_vm_stemcell(
-        d, devbootimage.build_disk(d / "root.raw", out / "kernel"), fmt, "bosh-openstack-kvm-boshcpi-boot-test"
+        d, bootimage.build_disk(d / "root.raw", out / "kernel"), fmt, "bosh-openstack-kvm-boshcpi-boot-test"
     )
     return d
 

@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from boshcpi import devbootimage, devstemcell
-from boshcpi.demo import _cpi, _quiet
+from boshcpi.dev import bootimage, stemcells
+from boshcpi.dev.calls import cpi as _cpi
+from boshcpi.dev.calls import quiet as _quiet
 
 
 def run(tmp: Path, built: dict[str, Path]) -> None:
-    boot = devstemcell.build_boot_stemcell(Path("/var/tmp/boshcpi-stemcells"))
+    boot = stemcells.build_boot_stemcell(Path("/var/tmp/boshcpi-stemcells"))
     console_dir = tmp / "console"
     cfg = {
         "driver": "libvirt",
@@ -32,7 +33,7 @@ def run(tmp: Path, built: dict[str, Path]) -> None:
     stemcell = vm = disk = None
     try:
         _cpi(config, "info")
-        stemcell = _cpi(config, "create_stemcell", str(boot / "image"), devstemcell.cloud_properties(boot))
+        stemcell = _cpi(config, "create_stemcell", str(boot / "image"), stemcells.cloud_properties(boot))
         net = {
             "default": {
                 "type": "manual",
@@ -49,7 +50,7 @@ def run(tmp: Path, built: dict[str, Path]) -> None:
         )
         log = console_dir / f"{vm}.console.log"
         text = _wait(log, "boshcpi-test-image: done")
-        settings: Any = devbootimage.settings_from_console(text)
+        settings: Any = bootimage.settings_from_console(text)
         print(
             f"\n  the guest booted and read agent_id={settings['agent_id']!r} "
             f"mac={settings['networks']['default']['mac']} from its config drive\n"

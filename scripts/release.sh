@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# `make release`: a deployable dev release tarball of boshcpi from a fresh clone.
+#
+#   1. the CPython source blob: $PYTHON_TARBALL if set (e.g. python.org's Python-3.11.x.tgz), else the
+#      upstream tarball from Debian's source archive (`apt-get source --download-only python3.11`);
+#   2. the libvirt-python wheel, built from its PyPI sdist against Debian's libvirt-dev, for the
+#      libvirt_cpi job (package `libvirt-python`);
+#   3. `bosh create-release --force --tarball` in a scratch copy of the release tree, so the clone's
+#      config/blobs.yml stays untouched.
+#
+# Idempotent: blobs are cached under .cache/release (ignored by git); the tarball goes to
+# dist/boshcpi-dev.tgz (or $BOSHCPI_RELEASE_TARBALL). Prints the tarball's path on stdout.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${BOSHCPI_RELEASE_CACHE:-$ROOT/.cache/release}
+TARBALL=${BOSHCPI_RELEASE_TARBALL:-$ROOT/dist/boshcpi-dev.tgz}
+PYTHON=${PYTHON:-python3}
+say() { echo "release: $*" >&2; }
+
+find_tool() {  # NAME ENVVAR: $ENVVAR, then PATH, then ../shared/tools beside the clone or its origin
+  local name=$1 var=$2 origin
+  if [ -n "${!var:-}" ]; then echo "${!var}"; return; fi
+  if command -v "$name" >/dev/null 2>&1; then command -v "$name"; return; fi
+  if [ -x "$ROOT/../shared/tools/$name" ]; then echo "$ROOT/../shared/tools/$name"; return; fi
+  origin=$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null || true)
+  if [ -n "$origin" ] && [ -x "$origin/../shared/tools/$name" ]; then echo "$origin/../shared/tools/$name"; return; fi
+  return 1
+}
+
+BOSH=$(find_tool bosh BOSH_CLI) || { say "no bosh CLI: set BOSH_CLI, put bosh on PATH or ../shared/tools/bosh"; exit 1; }
+mkdir -p "$CACHE" "$(dirname "$TARBALL")"
+
+# ---- 1. CPython source ---------------------------------------------------------------------
+python_blob() {
+  local have
+  if [ -n "${PYTHON_TARBALL:-}" ]; then
+    local base; base=$(basename "$PYTHON_TARBALL")
+    case "$base" in Python-3.*.tgz|Python-3.*.tar.gz) ;; *) say "PYTHON_TARBALL must be python.org's Python-3.X.Y.tgz"; exit 1;; esac
+    cp -f "$PYTHON_TARBALL" "$CACHE/$base"
+    echo "$CACHE/$base"; return
+  fi
+  have=$(ls "$CACHE"/Python-3.11.*.tgz 2>/dev/null | head -n1 || true)
+  if [ -n "$have" ]; then echo "$have"; return; fi
+  if ! grep -rqs '^deb-src .* bookworm main' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    local uri
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [ -n "$uri" ] || uri=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$uri" ] || { say "cannot find the Debian mirror for a deb-src line; set PYTHON_TARBALL"; exit 1; }
+    [ "$(id -u)" = 0 ] || { say "adding a deb-src line needs root; or set PYTHON_TARBALL"; exit 1; }
+    echo "deb-src $uri bookworm main" > /etc/apt/sources.list.d/boshcpi-src.list
+    apt-get update -qq
+  fi
+  local tmp; tmp=$(mktemp -d "$CACHE/apt-XXXXXX")
+  (cd "$tmp" && apt-get source --download-only python3.11 >/dev/null 2>&1) \
+    || { rm -rf "$tmp"; say "apt-get source python3.11 failed"; exit 1; }
+  local orig; orig=$(ls "$tmp"/python3.11_*.orig.tar.* | head -n1)
+  local version; version=$(basename "$orig" | sed -E 's/^python3\.11_([0-9.]+)\.orig\.tar\..*$/\1/')
+  # The orig tarball is the upstream release (top folder Python-<version>/): keep python.org's name.
+  case "$orig" in
+    *.tar.gz) mv "$orig" "$CACHE/Python-$version.tgz" ;;
+    *) mkdir "$tmp/x" && tar -xf "$orig" -C "$tmp/x" && tar -czf "$CACHE/Python-$version.tgz" -C "$tmp/x" . ;;
+  esac
+  rm -rf "$tmp"
+  echo "$CACHE/Python-$version.tgz"
+}
+
+# ---- 2. libvirt-python wheel ---------------------------------------------------------------
+libvirt_wheel() {
+  local have
+  have=$(ls "$CACHE"/wheels/libvirt_python-*-cp311-*.whl 2>/dev/null | head -n1 || true)
+  if [ -n "$have" ]; then echo "$have"; return; fi
+  "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "the wheel must match the release python (3.11)"' \
+    || { say "build the wheel with a Python 3.11 interpreter: PYTHON=python3.11 make release"; exit 1; }
+  pkg-config --exists libvirt || { say "libvirt-dev is missing (apt-get install libvirt-dev pkg-config)"; exit 1; }
+  local version; version=$(pkg-config --modversion libvirt)
+  mkdir -p "$CACHE/wheels"
+  # The binding's version follows libvirt's; one not newer than the headers builds against them.
+  local spec="libvirt-python<=$version.99"
+  say "building $spec from its sdist against libvirt $version"
+  "$PYTHON" -m pip wheel -q --no-deps --no-binary libvirt-python -w "$CACHE/wheels" "$spec" >&2
+  ls "$CACHE"/wheels/libvirt_python-*-cp311-*.whl | head -n1
+}
+
+PY_TGZ=$(python_blob)
+WHEEL=$(libvirt_wheel)
+say "python source: $(basename "$PY_TGZ"); libvirt wheel: $(basename "$WHEEL")"
+
+# ---- 3. create-release in a scratch copy -------------------------------------------------------
+TREE="$CACHE/tree"
+rm -rf "$TREE"
+mkdir -p "$TREE"
+(cd "$ROOT" && git ls-files -co --exclude-standard -- config jobs packages src) \
+  | (cd "$ROOT" && tar -cf - -T -) | tar -xf - -C "$TREE"
+# Release version: the clone's commit (dirty trees say so), so two tarballs never share a version.
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git -C "$ROOT" status --porcelain -- config jobs packages src 2>/dev/null)" ] || rev="$rev.dirty"
+export HOME=${BOSHCPI_BOSH_HOME:-$CACHE/home}
+mkdir -p "$HOME"
+"$BOSH" add-blob --dir "$TREE" "$PY_TGZ" "python3/$(basename "$PY_TGZ")" >/dev/null
+"$BOSH" add-blob --dir "$TREE" "$WHEEL" "libvirt-python/$(basename "$WHEEL")" >/dev/null
+start=$(date +%s)
+"$BOSH" create-release --dir "$TREE" --force --name boshcpi --version "0+dev.$rev.$(date +%s)" \
+  --tarball "$TARBALL" >&2
+say "built $(basename "$TARBALL") in $(( $(date +%s) - start ))s"
+echo "$TARBALL"

@@ -1,0 +1,429 @@
+"""Stemcells that run the real bosh-agent, built from Debian packages and the agent binary the tests
+are given (`$BOSH_AGENT_BIN`, `bosh-agent` on PATH, or `../shared/tools/bosh-agent`):
+
+- `container_stemcell`: a warden-style stemcell (root filesystem tarball) whose agent reads
+  `/var/vcap/bosh/warden-cpi-agent-env.json` (bosh-linux-stemcell-builder stages/base_warden), for
+  `bosh create-env` on LXD and Incus;
+- `vm_stemcell`: an OpenStack-style stemcell (`root.img`, qcow2: an MBR with a FAT boot partition
+  holding syslinux, the Debian kernel and its initramfs, and an ext4 root), whose agent reads its
+  settings from the `config-2` config drive and resolves disks the `virtio` way
+  (stages/bosh_openstack_agent_settings), for the libvirt tests under TCG.
+
+The guest carries what a real stemcell gives the agent: a `vcap` user, the groups `bosh_sshers`,
+`bosh_sudoers` and `syslog`, the scripts `/var/vcap/bosh/bin/{bosh-start-logging-and-auditing,
+restart_networking,sync-time}`, and a `monit` the agent can talk to: a small HTTP server on
+127.0.0.1:2822 answering `/_status2?format=xml` with no services and an `incarnation` that changes on
+every restart, which is how the agent sees monit reload (cloudfoundry/bosh-agent
+jobsupervisor/monit). Builds are cached by the content of everything that goes in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from boshcpi.dev import stemcells
+
+PACKAGES = (
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "iproute2",
+    "isc-dhcp-client",
+    "procps",
+    "ca-certificates",
+    "e2fsprogs",
+    "fdisk",
+    "parted",
+    "python3-minimal",
+    "dbus",
+    "systemd-resolved",
+    "iputils-arping",
+    "linux-image-amd64",
+)
+CACHE = Path(os.environ.get("BOSHCPI_IMAGE_CACHE", "/var/lib/boshcpi-dev/cache"))
+ROOT_LABEL = "bosh-root"
+
+FAKE_MONIT = r'''#!/usr/bin/python3
+"""A stand-in for monit on 127.0.0.1:2822: no services, an incarnation that changes on each start."""
+import socket, time
+inc = int(time.time() * 1000) % 2_000_000_000
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 2822))
+srv.listen(16)
+body = ('<?xml version="1.0" encoding="ISO-8859-1"?><monit id="boshcpi" incarnation="%d" version="5.2.5">'
+        "<services></services><servicegroups></servicegroups></monit>" % inc).encode()
+while True:
+    conn, _ = srv.accept()
+    try:
+        conn.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        head = b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n" % len(body)
+        conn.sendall(head + (body if data.startswith(b"GET") else b""))
+    except OSError:
+        pass
+    finally:
+        conn.close()
+'''
+
+MONIT_CLI = """#!/bin/sh
+# What the agent runs as `monit ...` (reload, stop -g vcap, summary): nothing to do without services.
+case "$1" in reload) systemctl restart monit ;; esac
+exit 0
+"""
+
+UNITS = {
+    "bosh-agent.service": """[Unit]
+Description=BOSH agent
+After=network.target monit.service
+[Service]
+ExecStart=/var/vcap/bosh/bin/bosh-agent -P ubuntu -C /var/vcap/bosh/agent.json
+Environment=PATH=/var/vcap/bosh/bin:/usr/sbin:/usr/bin:/sbin:/bin
+Restart=always
+RestartSec=2
+StandardOutput=journal+console
+StandardError=journal+console
+[Install]
+WantedBy=multi-user.target
+""",
+    "monit.service": """[Unit]
+Description=monit stand-in for the BOSH agent
+[Service]
+ExecStart=/var/vcap/bosh/bin/fake-monit
+Restart=always
+[Install]
+WantedBy=multi-user.target
+""",
+}
+
+SCRIPTS = {
+    "bosh-start-logging-and-auditing": "#!/bin/sh\nexit 0\n",
+    "sync-time": "#!/bin/sh\nexit 0\n",
+    "restart_networking": "#!/bin/sh\nsystemctl restart systemd-networkd\n",
+}
+
+WARDEN_AGENT = {
+    "Platform": {
+        "Linux": {
+            "UseDefaultTmpDir": True,
+            "UsePreformattedPersistentDisk": True,
+            "BindMountPersistentDisk": True,
+            "SkipDiskSetup": True,
+            "ServiceManager": "systemd",
+        }
+    },
+    "Infrastructure": {
+        "Settings": {"Sources": [{"Type": "File", "SettingsPath": "/var/vcap/bosh/warden-cpi-agent-env.json"}]}
+    },
+}
+
+# bosh-linux-stemcell-builder stemcell_builder/stages/bosh_openstack_agent_settings: the ConfigDrive
+# source (the HTTP metadata source is left out: nothing here may reach 169.254.169.254).
+OPENSTACK_AGENT = {
+    "Platform": {
+        "Linux": {
+            "CreatePartitionIfNoEphemeralDisk": True,
+            "DevicePathResolutionType": "virtio",
+            "PartitionerType": "parted",
+            "ServiceManager": "systemd",
+        }
+    },
+    "Infrastructure": {
+        "Settings": {
+            "Sources": [
+                {
+                    "Type": "ConfigDrive",
+                    "DiskPaths": ["/dev/disk/by-label/CONFIG-2", "/dev/disk/by-label/config-2"],
+                    "MetaDataPath": "ec2/latest/meta-data.json",
+                    "UserDataPath": "ec2/latest/user-data",
+                }
+            ],
+            "UseServerName": True,
+            "UseRegistry": False,
+        }
+    },
+}
+
+# Kernel modules a VM guest needs (everything else is pruned from the root filesystem).
+KEEP_MODULES = (
+    "kernel/drivers/virtio",
+    "kernel/drivers/block",
+    "kernel/drivers/scsi",
+    "kernel/drivers/cdrom",
+    "kernel/drivers/ata",
+    "kernel/drivers/char/hw_random",
+    "kernel/drivers/net/virtio_net.ko",
+    "kernel/drivers/net/net_failover.ko",
+    "kernel/net/core/failover.ko",
+    "kernel/fs/ext4",
+    "kernel/fs/jbd2",
+    "kernel/fs/mbcache.ko",
+    "kernel/fs/fat",
+    "kernel/fs/isofs",
+    "kernel/fs/nls",
+    "kernel/lib",
+    "kernel/crypto",
+    "kernel/arch",
+)
+
+
+def _mirror() -> str:
+    try:
+        for line in Path("/etc/apt/sources.list.d/debian.sources").read_text().splitlines():
+            if line.startswith("URIs:"):
+                return line.split()[1]
+    except OSError:
+        pass
+    for line in Path("/etc/apt/sources.list").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "deb" and parts[2] == "bookworm":
+            return parts[1]
+    raise RuntimeError("cannot find the Debian mirror (debian.sources / sources.list)")
+
+
+def _key(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode())
+    return h.hexdigest()[:12]
+
+
+def base_rootfs() -> Path:
+    """A debootstrap'ed Debian 12 (minbase + PACKAGES), cached as a tarball."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = CACHE / f"agent-base-{_key(*PACKAGES)}.tar"
+    if out.exists():
+        return out
+    work = CACHE / f"agent-base.{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        proc = subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=" + ",".join(PACKAGES),
+                "bookworm",
+                str(work),
+                _mirror(),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"debootstrap failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "var/cache/apt/archives"):
+            shutil.rmtree(work / junk, ignore_errors=True)
+        tmp = out.with_suffix(".tmp")
+        subprocess.run(["tar", "-C", str(work), "--numeric-owner", "-cf", str(tmp), "."], check=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _write(root: Path, rel: str, text: str | bytes, mode: int = 0o644) -> None:
+    path = root / rel.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, str):
+        text = text.encode()
+    path.write_bytes(text)
+    os.chmod(path, mode)
+
+
+def _add_user(root: Path) -> None:
+    """vcap (uid 1000) and the groups the agent and its ssh action use."""
+    groups = (root / "etc/group").read_text()
+    taken = {int(line.split(":")[2]) for line in groups.splitlines() if line.count(":") >= 3}
+    for name, gid in (("vcap", 1000), ("syslog", 1003), ("bosh_sshers", 1001), ("bosh_sudoers", 1002)):
+        if f"\n{name}:" not in "\n" + groups:
+            assert gid not in taken, f"gid {gid} is taken in the base image"
+            groups += f"{name}:x:{gid}:\n"
+    (root / "etc/group").write_text(groups)
+    passwd = (root / "etc/passwd").read_text()
+    if "\nvcap:" not in "\n" + passwd:
+        passwd += "vcap:x:1000:1000:BOSH System User:/home/vcap:/bin/bash\n"
+        (root / "etc/passwd").write_text(passwd)
+        with open(root / "etc/shadow", "a") as fh:
+            fh.write("vcap:*:19000:0:99999:7:::\n")
+    (root / "home/vcap").mkdir(parents=True, exist_ok=True)
+
+
+def _enable(root: Path, unit: str, target: str = "multi-user.target") -> None:
+    wants = root / f"etc/systemd/system/{target}.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / unit
+    if not link.exists():
+        src = f"/etc/systemd/system/{unit}"
+        if not (root / src.lstrip("/")).exists():
+            src = f"/lib/systemd/system/{unit}"
+        link.symlink_to(src)
+
+
+def _customize(root: Path, agent: Path, agent_json: dict, vm: bool) -> None:
+    _add_user(root)
+    bin_dir = "var/vcap/bosh/bin"
+    _write(root, f"{bin_dir}/bosh-agent", agent.read_bytes(), 0o755)
+    _write(root, f"{bin_dir}/fake-monit", FAKE_MONIT, 0o755)
+    _write(root, f"{bin_dir}/monit", MONIT_CLI, 0o755)
+    for name, text in SCRIPTS.items():
+        _write(root, f"{bin_dir}/{name}", text, 0o755)
+    _write(root, "var/vcap/bosh/agent.json", json.dumps(agent_json, indent=2))
+    _write(root, "var/vcap/monit/monit.user", "vcap:random-password\n", 0o600)
+    for unit, text in UNITS.items():
+        _write(root, f"etc/systemd/system/{unit}", text)
+        _enable(root, unit)
+    _write(root, "etc/hostname", "boshcpi-agent\n")
+    # The agent waits for its own addresses; nothing must pull a real network config over DHCP
+    # unless the agent wrote it (VMs) or the bridge leases it (containers).
+    if vm:
+        _enable(root, "systemd-networkd.service")
+        _enable(root, "systemd-resolved.service")
+        _write(root, "etc/fstab", f"LABEL={ROOT_LABEL} / ext4 defaults 0 1\n")
+    else:
+        _write(root, "etc/systemd/network/10-eth0.network", "[Match]\nName=eth0\n[Network]\nDHCP=ipv4\n")
+        _enable(root, "systemd-networkd.service")
+        (root / "warden-cpi-dev").mkdir(exist_ok=True)
+    # Quiet, fast boots: no getty on the serial console, root may log in on the console for debugging.
+    for unit in ("getty@tty1.service", "serial-getty@ttyS0.service"):
+        (root / f"etc/systemd/system/{unit}").unlink(missing_ok=True)
+        (root / f"etc/systemd/system/{unit}").symlink_to("/dev/null")
+
+
+def _unpack(base: Path, dest: Path) -> None:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-C", str(dest), "--numeric-owner", "-xf", str(base)], check=True)
+
+
+def container_stemcell(agent: Path, out: Path | None = None) -> Path:
+    """An unpacked warden-style stemcell dir (stemcell.MF, image) running the real agent."""
+    base = base_rootfs()
+    key = _key(base.name, agent.read_bytes(), FAKE_MONIT, json.dumps(WARDEN_AGENT), json.dumps(UNITS), "c1")
+    d = (out or CACHE) / f"agent-container-{key}"
+    if (d / "image").exists():
+        return d
+    work = CACHE / f"agent-container.{os.getpid()}"
+    try:
+        _unpack(base, work)
+        for heavy in ("boot", "lib/modules", "usr/lib/firmware"):
+            shutil.rmtree(work / heavy, ignore_errors=True)
+        _customize(work, agent, WARDEN_AGENT, vm=False)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "image.tmp"
+        subprocess.run(["tar", "-C", str(work), "--numeric-owner", "-czf", str(tmp), "."], check=True)
+        props = dict(stemcells.WARDEN_PROPERTIES, name="bosh-warden-boshcpi-agent", _formats="warden-tgz")
+        (d / "stemcell.MF").write_text(stemcells.manifest(props["name"], "1.0", props))
+        os.replace(tmp, d / "image")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return d
+
+
+def _prune_modules(root: Path) -> str:
+    moddir = next((root / "lib/modules").iterdir())
+    for path in sorted(moddir.rglob("*.ko"), reverse=True):
+        rel = str(path.relative_to(moddir))
+        if not any(rel == k or rel.startswith(k + "/") for k in KEEP_MODULES):
+            path.unlink()
+    # The image's own depmod (the host may have none), run inside it.
+    subprocess.run(["chroot", str(root), "/sbin/depmod", moddir.name], check=True, capture_output=True)
+    return moddir.name
+
+
+def vm_stemcell(agent: Path, out: Path | None = None, disk_gb: int = 3) -> Path:
+    """An unpacked OpenStack-style stemcell dir whose qcow2 root.img boots the real agent."""
+    base = base_rootfs()
+    key = _key(base.name, agent.read_bytes(), FAKE_MONIT, json.dumps(OPENSTACK_AGENT), json.dumps(UNITS), "v1")
+    d = (out or CACHE) / f"agent-vm-{key}"
+    if (d / "image").exists():
+        return d
+    work = CACHE / f"agent-vm.{os.getpid()}"
+    try:
+        _unpack(base, work / "root")
+        root = work / "root"
+        version = _prune_modules(root)
+        _customize(root, agent, OPENSTACK_AGENT, vm=True)
+        kernel = root / f"boot/vmlinuz-{version}"
+        initrd = root / f"boot/initrd.img-{version}"
+        raw = work / "root.raw"
+        _disk(raw, root, kernel, initrd, disk_gb)
+        d.mkdir(parents=True, exist_ok=True)
+        stemcells._pack_vm_stemcell(d, raw, "qcow2", "bosh-openstack-kvm-boshcpi-agent")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return d
+
+
+BOOT_MB = 96
+
+
+def _disk(raw: Path, root: Path, kernel: Path, initrd: Path, disk_gb: int) -> None:
+    """MBR (syslinux mbr.bin) + FAT boot partition (syslinux, kernel, initrd) + ext4 root, the rest of
+    the disk left free (the agent partitions it for an ephemeral disk when the VM has none)."""
+    work = raw.parent
+    root_mb = 1536
+    boot = work / "boot.img"
+    with open(boot, "wb") as fh:
+        fh.truncate(BOOT_MB << 20)
+    subprocess.run(["mkfs.vfat", "-n", "BOSHBOOT", str(boot)], check=True, capture_output=True)
+    cfg = work / "syslinux.cfg"
+    cfg.write_text(
+        "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n"
+        f"  APPEND initrd=/initrd.img root=LABEL={ROOT_LABEL} ro console=ttyS0 net.ifnames=0 "
+        "systemd.show_status=1 panic=-1\n"
+    )
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for src, name in ((kernel, "vmlinuz"), (initrd, "initrd.img"), (cfg, "syslinux.cfg")):
+        subprocess.run(["mcopy", "-i", str(boot), str(src), f"::{name}"], check=True, env=env)
+    subprocess.run(["syslinux", "--install", str(boot)], check=True, capture_output=True)
+    rootfs = work / "rootfs.img"
+    with open(rootfs, "wb") as fh:
+        fh.truncate(root_mb << 20)
+    subprocess.run(
+        ["mke2fs", "-q", "-t", "ext4", "-L", ROOT_LABEL, "-d", str(root), "-E", "root_owner=0:0", str(rootfs)],
+        check=True,
+        capture_output=True,
+    )
+    with open(raw, "wb") as fh:
+        fh.truncate(disk_gb << 30)
+    layout = f"start=2048, size={BOOT_MB * 2048}, type=c, bootable\nsize={root_mb * 2048}, type=83\n"
+    subprocess.run(["sfdisk", "-q", str(raw)], input=layout.encode(), check=True)
+    with open(raw, "r+b") as out:
+        for img, offset in ((boot, 1 << 20), (rootfs, (1 << 20) + (BOOT_MB << 20))):
+            out.seek(offset)
+            with open(img, "rb") as src:
+                while True:
+                    chunk = src.read(1 << 20)
+                    if not chunk:
+                        break
+                    if chunk.count(0) == len(chunk):
+                        out.seek(len(chunk), os.SEEK_CUR)
+                    else:
+                        out.write(chunk)
+        out.seek(0)
+        out.write(Path("/usr/lib/syslinux/mbr/mbr.bin").read_bytes()[:440])
+    boot.unlink()
+    rootfs.unlink()
+
+
+def stemcell_tarball(d: Path) -> Path:
+    """The stemcell tarball (stemcell.MF + image) `bosh create-env` takes, beside the unpacked dir."""
+    out = d.parent / (d.name + ".tgz")
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        with tarfile.open(tmp, "w:gz", compresslevel=1) as tf:
+            tf.add(d / "stemcell.MF", arcname="stemcell.MF")
+            tf.add(d / "image", arcname="image")
+        os.replace(tmp, out)
+    return out

@@ -1,0 +1,264 @@
+"""One libvirt host as the driver's modules share it: the connection (unix socket, TCP or TLS), the
+configured storage pool, volumes and domains, and the one place libvirt errors become BOSH errors."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+from boshcpi import ids, log
+from boshcpi.drivers.libvirt import domain as dom_xml
+from boshcpi.drivers.libvirt import naming
+from boshcpi.protocol import BoshError, CloudError, NoDiskSpace, VMNotFound
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+    from boshcpi.config import Config
+
+CHUNK = 1 << 20
+MiB = 1 << 20
+
+
+def load_libvirt() -> Any:
+    try:
+        import libvirt
+    except ImportError:
+        raise CloudError("the libvirt driver needs libvirt-python (pip install 'boshcpi[libvirt]')") from None
+    libvirt.registerErrorHandler(lambda *_: None, None)  # no stderr noise; errors come as exceptions
+    return libvirt
+
+
+class LibvirtHost:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.lc = cfg.libvirt
+        self._conn: Any = None
+        self._pool: Any = None
+        self.lv: Any = None
+
+    # ---- connection -------------------------------------------------------------------------
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            self.lv = load_libvirt()
+            uri = self.lc.uri
+            tmp = None
+            try:
+                if self.lc.tls_client_cert:
+                    import tempfile
+
+                    # libvirt reads TLS files from a pkipath directory at connect time only.
+                    tmp = tempfile.TemporaryDirectory(prefix="boshcpi-pki-")
+                    for name, text in (
+                        ("cacert.pem", self.lc.tls_ca_cert),
+                        ("clientcert.pem", self.lc.tls_client_cert),
+                        ("clientkey.pem", self.lc.tls_client_key),
+                    ):
+                        if text:
+                            fd = os.open(os.path.join(tmp.name, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                            with os.fdopen(fd, "w") as fh:
+                                fh.write(text)
+                    uri += ("&" if "?" in uri else "?") + "pkipath=" + tmp.name
+                self._conn = self.lv.open(uri)
+            except self.lv.libvirtError as e:
+                msg = e.get_error_message() or ""
+                # A certificate that does not verify stays that way: not worth a retry.
+                permanent = "certificate" in msg.lower() or "authentication" in msg.lower()
+                raise CloudError(
+                    f"cannot connect to libvirt at {self.lc.uri}: {msg}", ok_to_retry=not permanent
+                ) from None
+            finally:
+                if tmp is not None:
+                    tmp.cleanup()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            try:
+                self._pool = self.conn.storagePoolLookupByName(self.lc.storage_pool_name)
+                self._pool.refresh(0)
+            except self.lv.libvirtError as e:
+                raise CloudError(f"storage pool {self.lc.storage_pool_name!r}: {e.get_error_message()}") from None
+        return self._pool
+
+    def err(self, e: Any, action: str) -> BoshError:
+        code = e.get_error_code()
+        msg = e.get_error_message()
+        lowered = (msg or "").lower()
+        if "no space" in lowered:
+            return NoDiskSpace(f"{action}: {msg}")
+        retry = code in (self.lv.VIR_ERR_SYSTEM_ERROR, self.lv.VIR_ERR_RPC, self.lv.VIR_ERR_NO_CONNECT)
+        return CloudError(f"{action}: {msg}", ok_to_retry=retry)
+
+    # ---- volumes ------------------------------------------------------------------------------
+    def volume(self, name: str) -> Any | None:
+        try:
+            return self.pool.storageVolLookupByName(name)
+        except self.lv.libvirtError as e:
+            if e.get_error_code() == self.lv.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise self.err(e, f"volume {name}") from None
+
+    def volume_by_path(self, path: str) -> Any | None:
+        try:
+            return self.conn.storageVolLookupByPath(path)
+        except self.lv.libvirtError:
+            return None
+
+    def delete_volume(self, name: str) -> None:
+        vol = self.volume(name)
+        if vol is None:
+            return
+        try:
+            vol.delete(0)
+        except self.lv.libvirtError as e:
+            if e.get_error_code() != self.lv.VIR_ERR_NO_STORAGE_VOL:
+                log.warn(f"cannot delete volume {name}: {e.get_error_message()}")
+
+    def new_volume(self, name: str, size_bytes: int, fmt: str, backing: tuple[str, str] | None = None) -> Any:
+        from xml.sax.saxutils import escape
+
+        xml = (
+            f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{size_bytes}</capacity>"
+            f"<allocation unit='bytes'>0</allocation><target><format type='{fmt}'/></target>"
+        )
+        if backing:
+            xml += f"<backingStore><path>{escape(backing[0])}</path><format type='{backing[1]}'/></backingStore>"
+        xml += "</volume>"
+        try:
+            return self.pool.createXML(xml, 0)
+        except self.lv.libvirtError as e:
+            raise self.err(e, f"create volume {name}") from None
+
+    def upload(self, vol: Any, chunks: Iterable[bytes], length: int) -> None:
+        stream = self.conn.newStream(0)
+        try:
+            vol.upload(stream, 0, length, 0)
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:  # libvirt streams take at most 32 MiB per send
+                    sent = stream.send(bytes(view[:CHUNK]))
+                    view = view[sent:]
+            stream.finish()
+        except BaseException:
+            try:
+                stream.abort()
+            except Exception:
+                pass
+            raise
+
+    def download(self, vol: Any, limit: int = 64 * MiB) -> bytes:
+        size = min(vol.info()[1], limit)
+        stream = self.conn.newStream(0)
+        vol.download(stream, 0, size, 0)
+        out = bytearray()
+        while True:
+            data = stream.recv(CHUNK)
+            if not data:
+                break
+            out += data
+        stream.finish()
+        return bytes(out)
+
+    def free_bytes(self) -> int:
+        try:
+            return int(self.pool.info()[3])
+        except self.lv.libvirtError:
+            return 0
+
+    # ---- domains ------------------------------------------------------------------------------
+    def domain(self, vm_cid: str) -> Any | None:
+        if not ids.is_vm_cid(vm_cid):
+            return None
+        try:
+            return self.conn.lookupByName(vm_cid)
+        except self.lv.libvirtError as e:
+            if e.get_error_code() == self.lv.VIR_ERR_NO_DOMAIN:
+                return None
+            raise self.err(e, f"domain {vm_cid}") from None
+
+    def xml(self, dom: Any) -> ET.Element:
+        return ET.fromstring(dom.XMLDesc(self.lv.VIR_DOMAIN_XML_INACTIVE))
+
+    def disks(self, dom: Any) -> list[dict[str, str]]:
+        """Each disk of the domain's definition: device, target dev and bus, source path, volume name,
+        serial."""
+        out = []
+        for disk in self.xml(dom).iter("disk"):
+            src, target, serial = disk.find("source"), disk.find("target"), disk.find("serial")
+            path = src.get("file", "") if src is not None else ""
+            out.append(
+                {
+                    "device": disk.get("device", "disk"),
+                    "dev": target.get("dev", "") if target is not None else "",
+                    "bus": target.get("bus", "") if target is not None else "",
+                    "path": path,
+                    "volume": os.path.basename(path),
+                    "serial": serial.text or "" if serial is not None else "",
+                }
+            )
+        return out
+
+    def metadata(self, dom: Any) -> dict[str, Any] | None:
+        """boshcpi's <metadata> values of a domain, or None where it has none."""
+        try:
+            root = ET.fromstring(dom.metadata(self.lv.VIR_DOMAIN_METADATA_ELEMENT, dom_xml.NS, 0))
+        except self.lv.libvirtError:
+            return None
+        out: dict[str, Any] = {child.tag: child.text or "" for child in root if child.tag != "tag"}
+        out["tags"] = {child.get("name", ""): child.text or "" for child in root if child.tag == "tag"}
+        return out
+
+    def set_metadata(
+        self, dom: Any, values: dict[str, str], remove: bool = False, tags: dict[str, str] | None = None
+    ) -> None:
+        """Change boshcpi's <metadata> of a domain (in its definition, and live when it runs)."""
+        current = self.metadata(dom) or {}
+        current_tags = dict(current.pop("tags", {}) or {})
+        for k, v in values.items():
+            if remove:
+                current.pop(k, None)
+            else:
+                current[k] = v
+        current_tags.update(tags or {})
+        lv = self.lv
+        flags = lv.VIR_DOMAIN_AFFECT_CONFIG | (lv.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+        dom.setMetadata(
+            lv.VIR_DOMAIN_METADATA_ELEMENT,
+            dom_xml.metadata_xml(current, current_tags, False),
+            dom_xml.NS_PREFIX,
+            dom_xml.NS,
+            flags,
+        )
+
+    def is_owned(self, dom: Any) -> bool:
+        """A domain boshcpi defined (its metadata says so), or one in the Go libvirt CPI's layout (a
+        boot clone `bdisk-<its uuid>`): anything else, even under a vm-<uuid> name, is not ours."""
+        if dom is None:
+            return False
+        meta = self.metadata(dom)
+        if meta is not None and meta.get("created_by") == "boshcpi":
+            return True
+        uid = ids.vm_uuid(dom.name())
+        return any(d["volume"] == naming.GO_BOOT_PREFIX + uid for d in self.disks(dom))
+
+    def owned_domain(self, vm_cid: str, action: str) -> Any:
+        dom = self.domain(vm_cid)
+        if dom is None or not self.is_owned(dom):
+            raise VMNotFound(f"{action}: VM {vm_cid} not found")
+        return dom
+
+    def all_domains(self) -> list[Any]:
+        return list(self.conn.listAllDomains(0))

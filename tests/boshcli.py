@@ -1,0 +1,132 @@
+"""The real bosh CLI in the tests: finding it, the releases it deploys, `bosh create-env` runs.
+
+The CLI compiles the CPI release's packages on this machine (`bash -x packaging` with the BOSH_*
+variables, cloudfoundry/bosh-cli installation/pkg/compiler.go) and keeps them in its installation
+folder, `$HOME/.bosh/installations/<installation_id>`, which delete-env removes. So that one CPython
+compile serves every create-env of a run (and of later runs with the same package fingerprints), the
+runs share one installation id and its compiled-package store is kept aside between them. Nothing of
+what the CLI does is replaced: it finds its own cache where it left it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from boshcpi.dev.tools import find_tool, missing_reason
+from tests.helpers import ROOT
+
+STATE_ROOT = Path(os.environ.get("BOSHCPI_HOST_STATE", "/var/lib/boshcpi-dev"))
+BOSH_HOME = STATE_ROOT / "bosh-home"
+COMPILED = STATE_ROOT / "bosh-compiled"
+INSTALLATION_ID = "b05c0001-0000-4000-8000-00000000e2e0"
+TIMINGS: dict[str, float] = {}
+
+
+def cli() -> Path:
+    path = find_tool("bosh")
+    if path is None:
+        pytest.skip(missing_reason("bosh"))
+    return path
+
+
+def env() -> dict[str, str]:
+    BOSH_HOME.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "HOME": str(BOSH_HOME), "BOSH_NON_INTERACTIVE": "true"}
+
+
+def run(*args: str, cwd: Path | None = None, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(cli()), *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"bosh {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def timed(name: str, fn, *a, **kw):
+    start = time.monotonic()
+    try:
+        return fn(*a, **kw)
+    finally:
+        TIMINGS[name] = round(time.monotonic() - start, 1)
+
+
+_release_tarball: Path | None = None
+
+
+def boshcpi_release() -> Path:
+    """`make release`'s work (scripts/release.sh): the dev release tarball, built once per run."""
+    global _release_tarball
+    if _release_tarball is None:
+        cli()
+        out = ROOT / ".cache" / "release" / "boshcpi-test.tgz"
+        proc = timed(
+            "release build",
+            subprocess.run,
+            ["bash", str(ROOT / "scripts" / "release.sh")],
+            env={**os.environ, "BOSH_CLI": str(cli()), "BOSHCPI_RELEASE_TARBALL": str(out)},
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        assert proc.returncode == 0, f"make release failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        _release_tarball = Path(proc.stdout.strip().splitlines()[-1])
+    return _release_tarball
+
+
+def dummy_release(tmp: Path) -> Path:
+    """A release with one trivial job and no packages. Its pre-start writes a random token onto the
+    persistent disk once, so a recreate can show the disk (and its data) came back."""
+    d = tmp / "dummy-release"
+    (d / "jobs" / "trivial" / "templates").mkdir(parents=True)
+    (d / "config").mkdir()
+    (d / "config" / "final.yml").write_text("name: e2e-dummy\n")
+    (d / "config" / "blobs.yml").write_text("--- {}\n")
+    (d / "jobs" / "trivial" / "spec").write_text(
+        "---\nname: trivial\ntemplates:\n  pre-start.erb: bin/pre-start\npackages: []\n"
+        "properties:\n  trivial.greeting: {default: hello}\n"
+    )
+    (d / "jobs" / "trivial" / "monit").write_text("")
+    (d / "jobs" / "trivial" / "templates" / "pre-start.erb").write_text(
+        "#!/bin/bash\nset -e\nmkdir -p /var/vcap/store/trivial\n"
+        "[ -f /var/vcap/store/trivial/token ] || cat /proc/sys/kernel/random/uuid > /var/vcap/store/trivial/token\n"
+        "echo '<%= p(\"trivial.greeting\") %>' > /var/vcap/data/trivial-greeting\n"
+    )
+    # The CLI reads the release folder through git (bosh-cli releasedir/git_repo.go).
+    subprocess.run(["git", "init", "-q", str(d)], check=True)
+    out = tmp / "e2e-dummy.tgz"
+    run("create-release", "--dir", str(d), "--force", "--tarball", str(out))
+    return out
+
+
+def restore_compiled() -> None:
+    """Put the compiled-package store of an earlier run where the CLI looks for it."""
+    target = BOSH_HOME / ".bosh" / "installations" / INSTALLATION_ID
+    if COMPILED.exists() and not (target / "compiled_packages.json").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(COMPILED / "compiled_packages.json", target / "compiled_packages.json")
+        shutil.copytree(COMPILED / "blobs", target / "blobs", dirs_exist_ok=True)
+
+
+def keep_compiled() -> None:
+    target = BOSH_HOME / ".bosh" / "installations" / INSTALLATION_ID
+    if (target / "compiled_packages.json").exists():
+        tmp = COMPILED.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copy2(target / "compiled_packages.json", tmp / "compiled_packages.json")
+        shutil.copytree(target / "blobs", tmp / "blobs")
+        shutil.rmtree(COMPILED, ignore_errors=True)
+        os.replace(tmp, COMPILED)
+
+
+def new_state(path: Path) -> None:
+    """A state file naming the shared installation (the CLI fills in everything else)."""
+    path.write_text(json.dumps({"director_id": "e2e-" + os.urandom(4).hex(), "installation_id": INSTALLATION_ID}))
