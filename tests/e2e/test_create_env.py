@@ -114,6 +114,18 @@ def manifest(ctx, tmp: Path, release: Path, dummy: Path, stemcell: Path, ip: str
     return path
 
 
+def agent_log(ctx, state: Path) -> str:
+    """The agent's own log from the deployed VM, for a failure's report."""
+    try:
+        vm = json.loads(state.read_text()).get("current_vm_cid") or next(
+            i for i in ctx.instances() if i.startswith("vm-")
+        )
+        # The agent logs to the console (its unit's StandardOutput=journal+console).
+        return ctx.cli_run("console", vm, "--show-log", check=False)[-12000:]
+    except (StopIteration, OSError, ValueError) as e:
+        return f"(no agent log: {e})"
+
+
 def exec_in(ctx, vm: str, *cmd: str) -> str:
     return ctx.cli_run("exec", vm, "--", *cmd)
 
@@ -155,6 +167,9 @@ def test_create_env_recreate_delete_env(request, kind, tmp_path, agent_stemcell_
         assert [d["cid"] for d in second["disks"]] == [disk]
         # The new VM has the old disk, and its data.
         assert exec_in(ctx, vm2, "cat", "/var/vcap/store/trivial/token").strip() == token
+    except AssertionError:
+        print(agent_log(ctx, state))
+        raise
     finally:
         boshcli.timed(
             f"delete-env ({kind})",

@@ -99,6 +99,8 @@ WantedBy=multi-user.target
 """,
     "monit.service": """[Unit]
 Description=monit stand-in for the BOSH agent
+# The agent reloads monit with `systemctl kill` + `systemctl start`, several times per deploy.
+StartLimitIntervalSec=0
 [Service]
 ExecStart=/var/vcap/bosh/bin/fake-monit
 Restart=always
@@ -107,7 +109,37 @@ WantedBy=multi-user.target
 """,
 }
 
+# Test instrumentation of the VM image (not part of any resolution the agent does): every 2 s, when
+# something changed, print to the serial console which block devices hold /var/vcap/store and
+# /var/vcap/data and what serial each virtio disk has, and leave on a freshly mounted store a marker
+# naming the disk it was first written to (so a test can tell the data came back with its disk).
+DISK_REPORT = r"""#!/bin/sh
+last=""
+while true; do
+  ids=""
+  for link in /dev/disk/by-id/virtio-*; do
+    [ -e "$link" ] || continue
+    case "$link" in *-part*) continue ;; esac
+    ids="$ids ${link#/dev/disk/by-id/virtio-}=$(basename "$(readlink -f "$link")")"
+  done
+  store=$(findmnt -n -o SOURCE /var/vcap/store 2>/dev/null)
+  data=$(findmnt -n -o SOURCE /var/vcap/data 2>/dev/null)
+  marker=""
+  if [ -n "$store" ]; then
+    if [ ! -f /var/vcap/store/boshcpi-marker ]; then
+      dev=$(basename "$store"); dev=${dev%%[0-9]*}
+      for pair in $ids; do [ "${pair#*=}" = "$dev" ] && echo "${pair%%=*}" > /var/vcap/store/boshcpi-marker; done
+    fi
+    marker=$(cat /var/vcap/store/boshcpi-marker 2>/dev/null)
+  fi
+  line="BOSHCPI-REPORT store=${store:-none} data=${data:-none} marker=${marker:-none} ids=$(echo $ids | tr ' ' ',')"
+  if [ "$line" != "$last" ]; then echo "$line" > /dev/ttyS0; last="$line"; fi
+  sleep 2
+done
+"""
+
 SCRIPTS = {
+    "bosh-agent-rc": "#!/bin/sh\nexit 0\n",
     "bosh-start-logging-and-auditing": "#!/bin/sh\nexit 0\n",
     "sync-time": "#!/bin/sh\nexit 0\n",
     "restart_networking": "#!/bin/sh\nsystemctl restart systemd-networkd\n",
@@ -287,6 +319,14 @@ def _customize(root: Path, agent: Path, agent_json: dict, vm: bool) -> None:
     # The agent waits for its own addresses; nothing must pull a real network config over DHCP
     # unless the agent wrote it (VMs) or the bridge leases it (containers).
     if vm:
+        _write(root, f"{bin_dir}/disk-report", DISK_REPORT, 0o755)
+        _write(
+            root,
+            "etc/systemd/system/disk-report.service",
+            "[Unit]\nDescription=boshcpi test: report disks\n[Service]\nExecStart=/var/vcap/bosh/bin/disk-report\n"
+            "Restart=always\n[Install]\nWantedBy=multi-user.target\n",
+        )
+        _enable(root, "disk-report.service")
         _enable(root, "systemd-networkd.service")
         _enable(root, "systemd-resolved.service")
         _write(root, "etc/fstab", f"LABEL={ROOT_LABEL} / ext4 defaults 0 1\n")
@@ -309,7 +349,9 @@ def _unpack(base: Path, dest: Path) -> None:
 def container_stemcell(agent: Path, out: Path | None = None) -> Path:
     """An unpacked warden-style stemcell dir (stemcell.MF, image) running the real agent."""
     base = base_rootfs()
-    key = _key(base.name, agent.read_bytes(), FAKE_MONIT, json.dumps(WARDEN_AGENT), json.dumps(UNITS), "c1")
+    key = _key(
+        base.name, agent.read_bytes(), FAKE_MONIT, json.dumps(WARDEN_AGENT), json.dumps(UNITS), json.dumps(SCRIPTS)
+    )
     d = (out or CACHE) / f"agent-container-{key}"
     if (d / "image").exists():
         return d
@@ -344,7 +386,15 @@ def _prune_modules(root: Path) -> str:
 def vm_stemcell(agent: Path, out: Path | None = None, disk_gb: int = 3) -> Path:
     """An unpacked OpenStack-style stemcell dir whose qcow2 root.img boots the real agent."""
     base = base_rootfs()
-    key = _key(base.name, agent.read_bytes(), FAKE_MONIT, json.dumps(OPENSTACK_AGENT), json.dumps(UNITS), "v1")
+    key = _key(
+        base.name,
+        agent.read_bytes(),
+        FAKE_MONIT,
+        DISK_REPORT,
+        json.dumps(OPENSTACK_AGENT),
+        json.dumps(UNITS),
+        json.dumps(SCRIPTS),
+    )
     d = (out or CACHE) / f"agent-vm-{key}"
     if (d / "image").exists():
         return d
