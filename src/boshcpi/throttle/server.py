@@ -16,6 +16,12 @@ connection is closed and the slot freed) so a hung CPI cannot wedge the host eit
 backed by the same flock slots the CPI falls back to when the server is down, so the limit holds
 across both. SIGTERM stops accepting, turns waiters away (they fall back to the slots), and exits
 when the active leases end or their hold runs out.
+
+Defensive limits: a connection must send its request line within FIRST_LINE_TIMEOUT seconds and in at
+most MAX_LINE bytes; every malformed request (not JSON, not an object, an unknown op, a line too long or
+too deep) is answered with `{"error": ...}` and closed; at most MAX_CONNECTIONS connections and
+MAX_WAITERS queued acquires are kept (beyond them a caller is told so and takes a flock slot itself);
+client ids are logged with control characters replaced.
 """
 
 from __future__ import annotations
@@ -30,6 +36,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from boshcpi.throttle.slots import Slots
+
+FIRST_LINE_TIMEOUT = 5.0
+MAX_LINE = 4096
+MAX_CONNECTIONS = 512
+MAX_WAITERS = 256
+
+
+def printable(text: object, limit: int = 120) -> str:
+    """A client-supplied string as it may appear in a log line: printable ASCII only."""
+    return "".join(c if " " <= c <= "~" else "?" for c in str(text)[:limit])
 
 
 def _log(message: str) -> None:
@@ -56,6 +72,7 @@ class ThrottleServer:
         self.waiting: deque[Lease] = deque()
         self.active: dict[str, Lease] = {}
         self.counter = 0
+        self.connections = 0
         self.draining = False
         self.server: asyncio.base_events.Server | None = None
 
@@ -95,14 +112,32 @@ class ThrottleServer:
                 return
 
     # ---- connections ------------------------------------------------------------------------
+    async def _reply(self, writer: asyncio.StreamWriter, doc: dict) -> None:
+        writer.write((json.dumps(doc) + "\n").encode())
+        await writer.drain()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lease: Lease | None = None
+        self.connections += 1
         try:
-            line = await reader.readline()
+            if self.connections > MAX_CONNECTIONS:
+                await self._reply(writer, {"granted": False, "error": "too many connections"})
+                return
+            try:
+                line = await asyncio.wait_for(reader.readline(), FIRST_LINE_TIMEOUT)
+            except TimeoutError:
+                await self._reply(writer, {"granted": False, "error": f"no request within {FIRST_LINE_TIMEOUT:.0f}s"})
+                return
+            except (ValueError, asyncio.LimitOverrunError):
+                await self._reply(writer, {"granted": False, "error": f"request line over {MAX_LINE} bytes"})
+                return
             try:
                 req = json.loads(line or b"{}")
-            except ValueError:
-                req = {}
+            except (ValueError, RecursionError):
+                req = None
+            if not isinstance(req, dict):
+                await self._reply(writer, {"granted": False, "error": "expected a JSON object with an op"})
+                return
             op = req.get("op")
             if op == "status":
                 status = {
@@ -123,15 +158,16 @@ class ThrottleServer:
                 await writer.drain()
                 return
             if op != "acquire":
-                writer.write(b'{"granted": false, "error": "unknown op"}\n')
-                await writer.drain()
+                await self._reply(writer, {"granted": False, "error": "unknown op"})
                 return
             if self.draining:
-                writer.write(b'{"granted": false, "error": "shutting down"}\n')
-                await writer.drain()
+                await self._reply(writer, {"granted": False, "error": "shutting down"})
+                return
+            if len(self.waiting) >= MAX_WAITERS:
+                await self._reply(writer, {"granted": False, "error": "too many waiters"})
                 return
             self.counter += 1
-            lease = Lease(name=f"L{self.counter}", client=str(req.get("id", "?"))[:120], writer=writer)
+            lease = Lease(name=f"L{self.counter}", client=printable(req.get("id", "?")), writer=writer)
             self.waiting.append(lease)
             self._grant_waiters()
             waiter = asyncio.ensure_future(lease.granted.wait())
@@ -160,6 +196,7 @@ class ThrottleServer:
         except (ConnectionError, OSError):
             pass
         finally:
+            self.connections -= 1
             if lease is not None:
                 self._release(lease, "released")
             try:
@@ -187,7 +224,7 @@ class ThrottleServer:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         if os.path.exists(self.path):
             os.unlink(self.path)
-        self.server = await asyncio.start_unix_server(self._handle, path=self.path)
+        self.server = await asyncio.start_unix_server(self._handle, path=self.path, limit=MAX_LINE)
         os.chmod(self.path, 0o660)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._drain)

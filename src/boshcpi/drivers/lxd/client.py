@@ -34,10 +34,12 @@ def urlencode(params: dict[str, Any]) -> str:
 class LXDError(Exception):
     """The daemon answered with an error (or could not be reached: status 0)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, permanent: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        # A TLS verification failure stays one however often it is retried.
+        self.permanent = permanent
 
     @property
     def not_found(self) -> bool:
@@ -45,7 +47,7 @@ class LXDError(Exception):
 
     @property
     def unreachable(self) -> bool:
-        return self.status == 0
+        return self.status == 0 and not self.permanent
 
 
 class _Connection:
@@ -292,6 +294,13 @@ class LXDClient:
                 return conn.request(method, full, hdrs, body, length)
             except OSError as e:  # ConnectionError, timeouts, ssl.SSLError are all OSError
                 self.close()
+                if type(e).__name__ == "SSLCertVerificationError" or "CERTIFICATE_VERIFY_FAILED" in str(e):
+                    raise LXDError(
+                        0,
+                        f"cannot reach {self.url}: the server's certificate does not verify ({e}); trust it with "
+                        "server.tls_server_cert",
+                        permanent=True,
+                    ) from None
                 # A kept-alive connection may have been closed by the daemon: retry once when
                 # the body can be sent again.
                 if attempt == 1 and reused and retry and (body is None or isinstance(body, (bytes, bytearray))):
