@@ -117,6 +117,16 @@ def _section(name: str, spec: dict[str, tuple[str, Any, Any]], doc: str) -> type
     return type(name, (Section,), {"__slots__": tuple(spec), "_spec": spec, "__doc__": doc})
 
 
+CreateVMLock = _section(
+    "CreateVMLock",
+    {
+        "enabled": ("bool", False, None),
+        "timeout": ("str", "10m", None),
+        "path": ("str", "/var/vcap/sys/run/lxd_cpi/create-vm.lock", None),
+    },
+    "`server.create_vm_lock`: the Go CPI's file lock that lets one create_vm run at a time.",
+)
+
 ServerConfig = _section(
     "ServerConfig",
     {
@@ -140,6 +150,7 @@ ServerConfig = _section(
         "allow_raw_devices": ("bool", False, None),
         "allow_raw_config": ("bool", False, None),
         "max_stemcell_image": ("str", "100GiB", None),
+        "create_vm_lock": ("section", CreateVMLock, None),
     },
     "`server`: the LXD/Incus endpoint and where the CPI puts things.",
 )
@@ -162,6 +173,10 @@ AgentConfig = _section(
         "metadata_path": ("str", "ec2/latest/meta-data.json", None),
         "userdata_path": ("str", "ec2/latest/user-data", None),
         "filestore_path": ("str", "/var/vcap/store/agent-data", None),
+        # The Go libvirt CPI's CDROM type (vSphere-style): one settings file of this name on an ISO.
+        "filename": ("str", "", None),
+        # An SSH key for the agent's meta-data `public-keys` (the Go libvirt CPI's vm_ssh_key).
+        "public_key": ("str", "", None),
     },
     "`agent_config`: the VM config drive.",
 )
@@ -192,6 +207,7 @@ LibvirtConfig = _section(
         "console_log_dir": ("str", "/var/log/boshcpi", None),
         "machine_type": ("str", "pc", None),
         "emulator": ("str", "", None),
+        "stemcell_formats": ("strlist", list, None),
     },
     "`libvirt`: the libvirt connection and where domains and volumes go.",
 )
@@ -320,6 +336,7 @@ def from_dict(data: Any, base: Config | None = None) -> Config:
     cfg.operation_timeout  # noqa: B018 - validates the duration
     cfg.throttle_hold  # noqa: B018
     cfg.max_stemcell_image  # noqa: B018
+    parse_duration(cfg.server.create_vm_lock.timeout, "server.create_vm_lock.timeout")
     return cfg
 
 

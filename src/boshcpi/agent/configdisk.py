@@ -17,11 +17,26 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def build(settings: dict[str, Any], *, kind: str, label: str, userdata_path: str, metadata_path: str) -> bytes:
+def build(
+    settings: dict[str, Any],
+    *,
+    kind: str,
+    label: str,
+    userdata_path: str,
+    metadata_path: str,
+    filename: str = "",
+    public_key: str = "",
+) -> bytes:
+    """The drive image. With `filename` (the Go libvirt CPI's CDROM type, read by the agent's vSphere-
+    style CDROM source) the ISO holds just that one settings file."""
+    if filename:
+        from boshcpi.agent import iso9660
+
+        return iso9660.build({filename: agent_settings.dumps(settings)}, label=label)
     vm = settings.get("vm") or {}
     files = {
         userdata_path: agent_settings.dumps(settings),
-        metadata_path: agent_settings.metadata(str(vm.get("id", ""))),
+        metadata_path: agent_settings.metadata(str(vm.get("id", "")), public_key),
     }
     if kind == "CDROM":
         from boshcpi.agent import iso9660

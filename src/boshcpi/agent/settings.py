@@ -77,6 +77,8 @@ def dumps(settings: dict[str, Any]) -> bytes:
     return fastjson.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
 
 
-def metadata(vm_cid: str) -> bytes:
-    """The small meta-data document that sits beside user-data on the config drive."""
-    return fastjson.dumps({"instance-id": vm_cid, "hostname": vm_cid, "public-keys": {}}, sort_keys=True).encode()
+def metadata(vm_cid: str, public_key: str = "") -> bytes:
+    """The small meta-data document that sits beside user-data on the config drive; an SSH key goes
+    where the agent's config drive source reads it (`public-keys.0.openssh-key`)."""
+    keys = {"0": {"openssh-key": public_key}} if public_key else {}
+    return fastjson.dumps({"instance-id": vm_cid, "hostname": vm_cid, "public-keys": keys}, sort_keys=True).encode()

@@ -45,7 +45,9 @@ def _part(cfg: Config, name: str) -> ModuleType:
 
 def make_cloud(cfg: Config, request: Request | None = None) -> Cloud:
     if request is not None and request.method == "info":
-        return InfoCloud(STEMCELL_FORMATS[cfg.driver])
+        # The Go libvirt CPI's `stemcell.formats` property names what info reports.
+        custom = cfg.libvirt.stemcell_formats if cfg.driver == "libvirt" else []
+        return InfoCloud(tuple(custom) or STEMCELL_FORMATS[cfg.driver])
     if cfg.driver == "libvirt":
         from boshcpi.drivers.libvirt.cloud import LibvirtCloud
 

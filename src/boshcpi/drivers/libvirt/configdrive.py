@@ -66,6 +66,8 @@ def build_image(host: LibvirtHost, settings: dict[str, Any], userdata_path: str 
         label=ac.label,
         userdata_path=userdata_path or ac.userdata_path,
         metadata_path=ac.metadata_path,
+        filename=ac.filename,
+        public_key=ac.public_key,
     )
 
 

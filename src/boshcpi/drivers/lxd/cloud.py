@@ -236,6 +236,16 @@ class LXDCloud(Cloud):
             raise CpiError(f"cloud_properties: {size.memory_mb} MiB of memory asked, the host has {mem} MiB")
 
     def create_vm(self, spec: VMSpec) -> tuple[str, dict[str, Any]]:
+        lock = self.cfg.server.create_vm_lock
+        if lock.enabled:
+            from boshcpi.config import parse_duration
+            from boshcpi.throttle.filelock import FileLock
+
+            with FileLock(lock.path, parse_duration(lock.timeout, "server.create_vm_lock.timeout")):
+                return self._create_vm(spec)
+        return self._create_vm(spec)
+
+    def _create_vm(self, spec: VMSpec) -> tuple[str, dict[str, Any]]:
         from boshcpi.agent import settings as agent_settings
         from boshcpi.drivers.lxd import disks, images, settingsio
         from boshcpi.faults import fail_point

@@ -51,7 +51,13 @@ def write_config_volume(host: LXDHost, vm_cid: str, settings: dict[str, Any], ta
 
     ac = host.cfg.agent_config
     image = configdisk.build(
-        settings, kind=ac.type, label=ac.label, userdata_path=ac.userdata_path, metadata_path=ac.metadata_path
+        settings,
+        kind=ac.type,
+        label=ac.label,
+        userdata_path=ac.userdata_path,
+        metadata_path=ac.metadata_path,
+        filename=ac.filename,
+        public_key=ac.public_key,
     )
     name = naming.config_volume(vm_cid)
     marks = {META + "kind": "config", META + "vm": vm_cid, META + "created": now()}
