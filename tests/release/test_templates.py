@@ -126,7 +126,7 @@ def test_a_template_reading_an_undeclared_property_fails(script, tmp_path):
     (job / "spec").write_text("name: j\ntemplates: {t.erb: t}\nproperties:\n  a.b: {default: 1}\n")
     (job / "monit").write_text("")
     (job / "templates/t.erb").write_text("<%= p('a.b') %> <%= p('a.c') %>")
-    with pytest.raises(AssertionError, match="Can't find property 'a.c'"):
+    with pytest.raises(AssertionError, match=r"Can't find property 'a\.c'"):
         renderer.render(script, job, {}, tmp_path / "out")
 
 
