@@ -61,15 +61,28 @@ def network_entry(raw: dict[str, Any], mac: str, preconfigured: bool) -> dict[st
     return entry
 
 
-def attach_persistent(settings: dict[str, Any], disk_cid: str, hint: Any) -> dict[str, Any]:
+def persistent(settings: dict[str, Any]) -> dict[str, Any]:
+    """The persistent disk hints (the Go CPIs write `"persistent": null` when there are none)."""
+    return (settings.get("disks") or {}).get("persistent") or {}
+
+
+def _with_persistent(settings: dict[str, Any]) -> dict[str, Any]:
     out = _clone(settings)
-    out.setdefault("disks", {}).setdefault("persistent", {})[disk_cid] = hint
+    disks = out.get("disks") or {}
+    disks["persistent"] = dict(disks.get("persistent") or {})
+    out["disks"] = disks
+    return out
+
+
+def attach_persistent(settings: dict[str, Any], disk_cid: str, hint: Any) -> dict[str, Any]:
+    out = _with_persistent(settings)
+    out["disks"]["persistent"][disk_cid] = hint
     return out
 
 
 def detach_persistent(settings: dict[str, Any], disk_cid: str) -> dict[str, Any]:
-    out = _clone(settings)
-    out.setdefault("disks", {}).setdefault("persistent", {}).pop(disk_cid, None)
+    out = _with_persistent(settings)
+    out["disks"]["persistent"].pop(disk_cid, None)
     return out
 
 

@@ -400,13 +400,15 @@ class LibvirtCloud(Cloud):
         attached = self._persistent(dom)
         settings, _ = configdrive.read(self.host, dom)
         if disk_cid in attached:
-            hint = settings.get("disks", {}).get("persistent", {}).get(disk_cid)
+            hint = agent_settings.persistent(settings).get(disk_cid)
             if hint:
                 return hint
         others = [u for u in self._disk_users(vol.path()) if u != vm_cid]
         if others:
             raise CloudError(f"attach_disk: disk {disk_cid} is attached to {', '.join(others)}; detach it first")
-        used = {d["dev"] for d in self.host.disks(dom)}
+        # Targets in use in the definition and in the running domain (a disk the guest has not let go of
+        # yet still holds its target there).
+        used = {d["dev"] for d in self.host.disks(dom)} | {d["dev"] for d in self.host.disks(dom, live=True)}
         dev = next((t for t in dom_xml.TARGETS if t not in used), None)
         if dev is None:
             raise CloudError(f"attach_disk: {vm_cid} has no free disk target")
@@ -426,22 +428,37 @@ class LibvirtCloud(Cloud):
         try:
             configdrive.write(self.host, dom, agent_settings.attach_persistent(settings, disk_cid, hint))
         except BaseException:
-            self._detach_device(dom, xml)
+            self._detach_device(dom, xml, vol.path())
             raise
         log.info(f"attached {disk_cid} to {vm_cid} as {hint}")
         return hint
 
-    def _detach_device(self, dom: Any, xml: str) -> None:
+    def _detach_device(self, dom: Any, xml: str, path: str = "", wait: float = 20.0) -> None:
+        """Remove a disk from the definition and from the running guest. A live unplug needs the guest's
+        cooperation (ACPI hot-unplug) and completes after libvirt returns: wait for the disk to leave
+        the running domain, so its image is free (QEMU holds a lock on it) when this call answers."""
         flags = self.lv.VIR_DOMAIN_AFFECT_CONFIG
-        if dom.isActive():
+        live = dom.isActive()
+        if live:
             try:
                 dom.detachDeviceFlags(xml, self.lv.VIR_DOMAIN_AFFECT_LIVE)
             except self.lv.libvirtError as e:
                 log.warn(f"live detach: {e.get_error_message()}")
+                live = False
         try:
             dom.detachDeviceFlags(xml, flags)
         except self.lv.libvirtError as e:
-            raise self.host.err(e, "detach disk") from None
+            if "no target device" not in (e.get_error_message() or "").lower():
+                raise self.host.err(e, "detach disk") from None
+        if live and path:
+            import time
+
+            deadline = time.monotonic() + wait
+            while any(d["path"] == path for d in self.host.disks(dom, live=True)):
+                if time.monotonic() > deadline:
+                    log.warn(f"the guest of {dom.name()} still holds {os.path.basename(path)}; it goes at next boot")
+                    return
+                time.sleep(0.25)
 
     def detach_disk(self, vm_cid: str, disk_cid: str) -> None:
         dom = self.host.owned_domain(vm_cid, "detach_disk")
@@ -449,8 +466,8 @@ class LibvirtCloud(Cloud):
         settings, _ = configdrive.read(self.host, dom)
         if disk_cid in attached:
             d = attached[disk_cid]
-            self._detach_device(dom, dom_xml.disk_xml(d["path"], d["dev"], "raw", serial=d["serial"]))
-        if disk_cid in settings.get("disks", {}).get("persistent", {}):
+            self._detach_device(dom, dom_xml.disk_xml(d["path"], d["dev"], "raw", serial=d["serial"]), d["path"])
+        if disk_cid in agent_settings.persistent(settings):
             configdrive.write(self.host, dom, agent_settings.detach_persistent(settings, disk_cid))
         self._require_disk(disk_cid, "detach_disk")
 

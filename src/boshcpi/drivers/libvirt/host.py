@@ -192,11 +192,12 @@ class LibvirtHost:
     def xml(self, dom: Any) -> ET.Element:
         return ET.fromstring(dom.XMLDesc(self.lv.VIR_DOMAIN_XML_INACTIVE))
 
-    def disks(self, dom: Any) -> list[dict[str, str]]:
-        """Each disk of the domain's definition: device, target dev and bus, source path, volume name,
-        serial."""
+    def disks(self, dom: Any, live: bool = False) -> list[dict[str, str]]:
+        """Each disk of the domain's definition (or, with `live`, of the running domain): device, target
+        dev and bus, source path, volume name, serial."""
         out = []
-        for disk in self.xml(dom).iter("disk"):
+        root = ET.fromstring(dom.XMLDesc(0)) if live else self.xml(dom)
+        for disk in root.iter("disk"):
             src, target, serial = disk.find("source"), disk.find("target"), disk.find("serial")
             path = src.get("file", "") if src is not None else ""
             out.append(

@@ -161,7 +161,7 @@ def refresh_hints(host: LXDHost, inst: dict[str, Any], settings: dict[str, Any])
     if inst.get("type") != "virtual-machine":
         return settings
     devices = inst.get("devices") or {}
-    persistent = (settings.get("disks") or {}).get("persistent") or {}
+    persistent = agent_settings.persistent(settings)
     iso: set[str] | None = None
     out = dict(persistent)
     for cid in persistent:
@@ -184,7 +184,7 @@ def attach(host: LXDHost, vm_cid: str, disk_cid: str) -> Any:
         settings = settingsio.read(host, vm_cid, inst)
     existing = _attached_device(inst, disk_cid)
     if existing:
-        hint = (settings.get("disks") or {}).get("persistent", {}).get(disk_cid)
+        hint = agent_settings.persistent(settings).get(disk_cid)
         if hint:
             log.info(f"disk {disk_cid} is already attached to {vm_cid}")
             return hint
@@ -285,7 +285,7 @@ def detach(host: LXDHost, vm_cid: str, disk_cid: str) -> None:
         host.put_instance(vm_cid, inst, etag, "detach_disk")
     else:
         log.info(f"disk {disk_cid} is not attached to {vm_cid}")
-    if disk_cid in (settings.get("disks") or {}).get("persistent", {}) or device:
+    if disk_cid in agent_settings.persistent(settings) or device:
         new = agent_settings.detach_persistent(settings, disk_cid)
         if device:
             inst2, _ = host.instance(vm_cid, "detach_disk")
