@@ -40,8 +40,10 @@ test: host venv compile
 demo: host venv compile
 	$(PY) -m boshcpi.dev.demo --driver $(DRIVER)
 
+# Results go to bench/results/ (commit them); README's table is written from the newest file.
 bench: host venv compile
-	$(PY) bench/run.py
+	$(PY) bench/run.py --daemon $(DRIVER)
+	$(PY) bench/report.py
 
 # A deployable dev release tarball (dist/boshcpi-dev.tgz): CPython source blob, libvirt-python wheel,
 # `bosh create-release`. Idempotent; blobs are cached under .cache/release.

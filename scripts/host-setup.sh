@@ -57,7 +57,10 @@ install_all() {
   # backports first: incus pulls QEMU 10, which needs libvirt 11 (HOST.md pitfall)
   install_pkgs bookworm-backports incus libvirt-daemon-system libvirt-clients qemu-system-x86 libvirt-dev
   install_pkgs "" lxd btrfs-progs busybox-static pkg-config dosfstools mtools xorriso ruby \
-    extlinux syslinux syslinux-common fdisk curl jq hyperfine cpio qemu-utils openssl e2fsprogs
+    extlinux syslinux syslinux-common fdisk curl jq hyperfine cpio qemu-utils openssl e2fsprogs \
+    debootstrap time git
+  # `bosh create-env` compiles the release's python3 package on this machine (tests/e2e).
+  install_pkgs "" build-essential libssl-dev zlib1g-dev libbz2-dev liblzma-dev libffi-dev libsqlite3-dev
 }
 
 # ---- daemons -------------------------------------------------------------------------------
@@ -109,6 +112,25 @@ ensure_resources() {
   if ! $cli network show "$bridge" >/dev/null 2>&1; then
     say "$cli: creating NAT-less bridge $bridge ($cidr)"
     $cli network create "$bridge" ipv4.address="$cidr" ipv4.nat=false ipv6.address=none >/dev/null
+  fi
+}
+
+# Volume sizes on btrfs are qgroup limits. Since Linux 6.7 deleting a subvolume whose tree is
+# taller than qgroups/drop_subtree_threshold (default 3, e.g. a big image) skips the accounting and
+# marks the qgroups inconsistent, and the limits stop being enforced until a rescan. Keep the test
+# pools exact: account every drop, and rescan where a drop already left them inconsistent.
+ensure_btrfs_quota() {
+  local dir=$1 uuid sys
+  [ -d "$dir" ] || return 0
+  uuid=$(btrfs filesystem show "$dir" 2>/dev/null | awk '/uuid:/ {print $NF; exit}')
+  sys=/sys/fs/btrfs/$uuid/qgroups
+  # LXD/Incus enable quotas at the first sized volume; do it now so the threshold applies from the start.
+  [ -n "$uuid" ] && [ ! -d "$sys" ] && btrfs quota enable "$dir"
+  [ -n "$uuid" ] && [ -d "$sys" ] || return 0
+  [ -w "$sys/drop_subtree_threshold" ] && echo 8 > "$sys/drop_subtree_threshold"
+  if [ "$(cat "$sys/inconsistent" 2>/dev/null)" = 1 ]; then
+    say "btrfs: rescanning the qgroups of $dir (they were inconsistent: sizes not enforced)"
+    btrfs quota rescan -w "$dir" >/dev/null
   fi
 }
 
@@ -165,6 +187,8 @@ case "${1:-all}" in
     start_lxd; start_incus; start_libvirt
     ensure_resources lxc boshcpi-btrfs boshcpi-lxdbr0 10.245.10.1/24
     ensure_resources incus boshcpi-btrfs boshcpi-incbr0 10.245.20.1/24
+    ensure_btrfs_quota /var/lib/lxd/storage-pools/boshcpi-btrfs
+    ensure_btrfs_quota /var/lib/incus/storage-pools/boshcpi-btrfs
     ensure_https lxc 127.0.0.1:8443
     ensure_https incus 127.0.0.1:8444
     ensure_libvirt_pool

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from boshcpi.dev import stemcells
-from tests.helpers import ROOT
+from tests.helpers import ROOT, SECRETS
 
 pytestmark = pytest.mark.lxd
 
@@ -28,14 +28,18 @@ def killed_call(config, method: str, args: list, pause_at: str) -> None:
     )
     proc.stdin.write(json.dumps({"method": method, "arguments": args, "context": {}}).encode())
     proc.stdin.close()
-    line = b""
+    line = seen = b""
     deadline = time.monotonic() + 60
     while b"paused at" not in line:
         assert time.monotonic() < deadline, "call never reached the pause point"
         line = proc.stderr.readline()
+        seen += line
         assert line or proc.poll() is None, "call ended before the pause point"
     proc.kill()
     proc.wait()
+    # Every CPI call of every suite is checked for leaked secrets: these too.
+    leaked = [x for x in SECRETS if x.encode() in seen + proc.stdout.read()]
+    assert not leaked, f"secret(s) {leaked} reached the CPI's output"
 
 
 def cleanup(config, *flags: str) -> dict:

@@ -93,8 +93,14 @@ def test_container_lifecycle(daemon, warden_stemcell):
     assert "/var/vcap/data" in ctx.cli_run("exec", vm_cid, "--", "cat", "/proc/mounts")
 
     assert ctx.call("has_vm", vm_cid).ok() is True
+    # A reboot really restarts the container: a file on its /dev (the tmpfs LXD/Incus mount at every
+    # start) is gone, its init has a new pid on the host (a no-op reboot_vm fails here).
+    ctx.cli_run("exec", vm_cid, "--", "sh", "-c", "echo before > /dev/boshcpi-reboot-mark")
+    pid_before = ctx.api(f"/1.0/instances/{vm_cid}/state")["pid"]
     assert ctx.call("reboot_vm", vm_cid).ok() is None
-    assert ctx.api(f"/1.0/instances/{vm_cid}")["status"] == "Running"
+    state = ctx.api(f"/1.0/instances/{vm_cid}/state")
+    assert state["status"] == "Running" and state["pid"] != pid_before
+    assert ctx.cli_run("exec", vm_cid, "--", "cat", "/dev/boshcpi-reboot-mark", check=False).strip() == ""
 
     meta = {"director": "d", "deployment": "cf", "job": "router", "index": "0", "id": "abc", "name": "router/abc"}
     assert ctx.call("set_vm_metadata", vm_cid, meta).ok() is None
@@ -174,32 +180,51 @@ def test_failure_in_each_create_vm_step_leaves_nothing(daemon, warden_stemcell, 
     assert set(daemon.volumes()) == before_volumes
 
 
-def test_vm_stemcell_imports_and_vm_creation_fails_cleanly_without_vm_support(daemon, test_stemcells):
-    for fmt in ("qcow2", "raw"):
-        d = test_stemcells[f"vm-{fmt}"]
-        cid = daemon.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
-        fingerprint = daemon.api(f"/1.0/images/aliases/{cid}")["target"]
-        image = daemon.api(f"/1.0/images/{fingerprint}")
-        assert image["type"] == "virtual-machine"
-        assert image["properties"]["bosh.stemcell.kind"] == "vm"
-        before_volumes, before_instances = set(daemon.volumes()), set(daemon.instances())
-        resp = daemon.call("create_vm", "agent-vm", cid, {"ephemeral_disk": 64}, network(daemon, 25), [], {})
-        server = daemon.api("/1.0")
-        from boshcpi.drivers.lxd.doctor import instance_types
+def _vm_capable(daemon) -> bool:
+    from boshcpi.drivers.lxd.doctor import instance_types
 
-        vm_capable = "virtual-machine" in instance_types(server["environment"])
-        if resp.error is None:
-            assert vm_capable, "VM creation succeeded on a host that reports no VM support"
-            vm_cid = resp.result[0]
-            devices = daemon.api(f"/1.0/instances/{vm_cid}")["devices"]
-            assert "metadata" in devices and any(d.get("source", "").startswith("vol-e-") for d in devices.values())
-            daemon.call("delete_vm", vm_cid).ok()
-        else:
-            assert resp.error_type == "Bosh::Clouds::VMCreationFailed"
-        # Either way nothing of the attempt is left: no instance, no ephemeral or config volume.
-        assert set(daemon.instances()) == before_instances
-        assert set(daemon.volumes()) == before_volumes
-        assert daemon.call("delete_stemcell", cid).ok() is None
+    return "virtual-machine" in instance_types(daemon.api("/1.0")["environment"])
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_vm_stemcell_imports_as_a_vm_image(daemon, test_stemcells, fmt):
+    d = test_stemcells[f"vm-{fmt}"]
+    cid = daemon.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+    fingerprint = daemon.api(f"/1.0/images/aliases/{cid}")["target"]
+    image = daemon.api(f"/1.0/images/{fingerprint}")
+    assert image["type"] == "virtual-machine"
+    assert image["properties"]["bosh.stemcell.kind"] == "vm"
+    assert daemon.call("delete_stemcell", cid).ok() is None
+
+
+def test_vm_is_created_and_started(daemon, test_stemcells):
+    """A VM from a VM stemcell: devices as naming.py says, started. Needs a host that runs VMs."""
+    if not _vm_capable(daemon):
+        pytest.skip(f"not run: {daemon.kind} here has no virtual-machine support (no vhost_vsock)")
+    d = test_stemcells["vm-qcow2"]
+    cid = daemon.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+    vm_cid, _ = daemon.call("create_vm", "agent-vm", cid, {"ephemeral_disk": 64}, network(daemon, 25), [], {}).ok()
+    inst = daemon.api(f"/1.0/instances/{vm_cid}")
+    assert inst["status"] == "Running" and inst["type"] == "virtual-machine"
+    assert {"root", "ephemeral", "metadata"} <= set(inst["devices"])
+    daemon.call("delete_vm", vm_cid).ok()
+    daemon.call("delete_stemcell", cid).ok()
+
+
+def test_vm_creation_fails_cleanly_where_vms_cannot_run(daemon, test_stemcells):
+    """On a host without VM support create_vm answers VMCreationFailed (not retryable) and leaves
+    nothing behind: no instance, no ephemeral or config volume."""
+    if _vm_capable(daemon):
+        pytest.skip(f"not run: {daemon.kind} here runs VMs (this checks the failure where it cannot)")
+    d = test_stemcells["vm-qcow2"]
+    cid = daemon.call("create_stemcell", str(d / "image"), stemcells.cloud_properties(d)).ok()
+    before_volumes, before_instances = set(daemon.volumes()), set(daemon.instances())
+    resp = daemon.call("create_vm", "agent-vm", cid, {"ephemeral_disk": 64}, network(daemon, 25), [], {})
+    assert resp.error_type == "Bosh::Clouds::VMCreationFailed" and resp.error["ok_to_retry"] is False
+    assert "create_vm" in resp.error["message"]
+    assert set(daemon.instances()) == before_instances
+    assert set(daemon.volumes()) == before_volumes
+    assert daemon.call("delete_stemcell", cid).ok() is None
 
 
 def test_settings_file_is_written_even_without_its_directory(daemon, warden_stemcell):

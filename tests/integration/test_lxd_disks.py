@@ -102,8 +102,16 @@ def test_resize_is_seen_inside_the_container(daemon, two_vms):
     vm1, _ = two_vms
     disk = ctx.call("create_disk", 64, {}, vm1).ok()
     hint = ctx.call("attach_disk", vm1, disk).ok()
+    # btrfs quota: 100 MiB does not fit in the 64 MiB disk...
+    out = ctx.cli_run(
+        "exec", vm1, "--", "sh", "-c", f"dd if=/dev/zero of={hint}/big bs=1M count=100 2>&1 && sync; echo rc=$?",
+        check=False,
+    )
+    size = int(sh(ctx, vm1, f"stat -c %s {hint}/big").strip())
+    assert size < 100 * 1024 * 1024, out
+    sh(ctx, vm1, f"rm -f {hint}/big && sync")
+    # ...and fits once the disk is resized.
     assert ctx.call("resize_disk", disk, 128).ok() is None
-    # btrfs quota: writing 100 MiB fits only after the resize.
     sh(ctx, vm1, f"dd if=/dev/zero of={hint}/big bs=1M count=100 2>/dev/null && sync")
     size = int(sh(ctx, vm1, f"stat -c %s {hint}/big").strip())
     assert size == 100 * 1024 * 1024

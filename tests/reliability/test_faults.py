@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import stemcells
-from tests.helpers import ROOT
+from tests.helpers import ROOT, SECRETS
 from tests.integration.test_cleanup import cleanup, killed_call
 from tests.integration.test_lxd_containers import network
 
@@ -90,10 +90,12 @@ def _lxd_pid() -> int | None:
         return None
 
 
-@pytest.mark.skipif(_lxd_pid() is None, reason="the LXD daemon was not started by scripts/host-setup.sh")
 def test_daemon_restart_during_a_call(lxd, tmp_path):
+    """LXD goes away in the middle of an upload: the call answers a retryable CloudError, the director's
+    retry succeeds, and exactly one image results."""
+    if _lxd_pid() is None:
+        pytest.skip("not run: the LXD daemon was not started by scripts/host-setup.sh (it restarts only that one)")
     ctx = lxd
-    # A stemcell big enough that its upload is still running when the daemon goes away.
     big = tmp_path / "rootfs.tar"
     with open(tmp_path / "blob", "wb") as fh:
         for _ in range(192):
@@ -110,23 +112,30 @@ def test_daemon_restart_during_a_call(lxd, tmp_path):
     )
     proc.stdin.write(json.dumps({"method": "create_stemcell", "arguments": [str(big), props], "context": {}}).encode())
     proc.stdin.close()
-    time.sleep(0.8)
+    # Frozen the moment it reports a quarter of the upload sent: the daemon goes away mid-upload, always.
+    seen = b""
+    for line in proc.stderr:
+        seen += line
+        if b"uploading image: 25%" in line:
+            proc.send_signal(signal.SIGSTOP)
+            break
+    assert proc.poll() is None, seen.decode()
     pid = _lxd_pid()
     os.kill(pid, signal.SIGTERM)
-    out = proc.stdout.read()
-    proc.wait(timeout=300)
     deadline = time.monotonic() + 60
     while _lxd_pid() == pid and time.monotonic() < deadline:
         time.sleep(0.2)
+    proc.send_signal(signal.SIGCONT)
+    out = proc.stdout.read()
+    err = seen + proc.stderr.read()
+    proc.wait(timeout=300)
+    leaked = [x for x in SECRETS if x.encode() in out + err]
+    assert not leaked, f"secret(s) {leaked} reached the CPI's output"
     subprocess.run(["bash", str(ROOT / "scripts/host-setup.sh"), "daemons"], check=True, capture_output=True)
     doc = json.loads(out)
-    if doc["error"] is not None:
-        assert doc["error"]["ok_to_retry"] is True, doc["error"]
-        # The director retries: the call now succeeds.
-        sc = ctx.call("create_stemcell", str(big), props).ok()
-    else:
-        sc = doc["result"]
-    # State is consistent: exactly one new image, reachable through the stemcell cid.
+    assert doc["error"] is not None and doc["error"]["ok_to_retry"] is True, doc
+    # The director retries: the call now succeeds, and the state is consistent: one new image.
+    sc = ctx.call("create_stemcell", str(big), props).ok()
     assert len(set(ctx.images()) - images_before) == 1
     assert ctx.api(f"/1.0/images/aliases/{sc}") is not None
     ctx.call("delete_stemcell", sc).ok()

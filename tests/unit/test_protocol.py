@@ -67,8 +67,15 @@ def test_bad_envelopes(cfg, payload, etype, message):
     assert "Traceback" not in resp.stdout
 
 
-def test_api_version_absent_is_v1(cfg):
-    assert call(cfg, "info", api_version=None).ok()["api_version"] == 2
+def test_api_version_absent_is_v1():
+    """Without api_version a request is v1: results come in the v1 shape (protocol.shape_result, which
+    every response goes through; the full lifecycle checks it against a daemon in test_lxd_containers)."""
+    from boshcpi import protocol
+
+    assert protocol.parse_request('{"method": "attach_disk", "arguments": ["a", "b"]}').api_version == 1
+    assert protocol.shape_result("create_vm", 1, ("vm-1", {"n": {}})) == "vm-1"
+    assert protocol.shape_result("create_vm", 2, ("vm-1", {"n": {}})) == ["vm-1", {"n": {}}]
+    assert protocol.shape_result("attach_disk", 1, {"path": "/dev/sdc"}) is None
 
 
 @pytest.mark.parametrize(
