@@ -104,7 +104,12 @@ def test_resize_is_seen_inside_the_container(daemon, two_vms):
     hint = ctx.call("attach_disk", vm1, disk).ok()
     # btrfs quota: 100 MiB does not fit in the 64 MiB disk...
     out = ctx.cli_run(
-        "exec", vm1, "--", "sh", "-c", f"dd if=/dev/zero of={hint}/big bs=1M count=100 2>&1 && sync; echo rc=$?",
+        "exec",
+        vm1,
+        "--",
+        "sh",
+        "-c",
+        f"dd if=/dev/zero of={hint}/big bs=1M count=100 2>&1 && sync; echo rc=$?",
         check=False,
     )
     size = int(sh(ctx, vm1, f"stat -c %s {hint}/big").strip())
