@@ -25,6 +25,8 @@ def table(doc: dict, source: str) -> str:
             v, b = r["value"], r["baseline"]
             ours = f"{v['median_ms']:.0f} ms [{v['min_ms']:.0f}-{v['max_ms']:.0f}] x{v['runs']}"
             base = f"{r['baseline_name']}: {b['median_ms']:.0f} ms [{b['min_ms']:.0f}-{b['max_ms']:.0f}]"
+            if r.get("note"):
+                base += f"; {r['note']}"
             lines.append(f"| {r['name']} | {ours} | {base} | {r['ratio']:.2f} | {r['target']} | {met} |")
         else:
             v = r["value"]

@@ -69,7 +69,7 @@ def _check_url(value: str, path: str) -> None:
         port = port[1:]
     else:
         host, sep, port = hostport.partition(":")
-    if not host or any(not (c.isalnum() or c in ".-_:") for c in host):
+    if not host or any(not (c.isascii() and (c.isalnum() or c in ".-_:")) for c in host):
         raise CpiError(f"{path}: {host!r} is not a host name or address")
     if sep and port and (not port.isdigit() or not 0 < int(port) < 65536):
         raise CpiError(f"{path}: port must be a number from 1 to 65535")

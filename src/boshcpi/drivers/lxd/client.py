@@ -261,7 +261,11 @@ class LXDClient:
                 host, _, port = hostport[1:].partition("]:")
             else:
                 host, _, port = hostport.partition(":")
-            family, _, _, _, addr = _socket.getaddrinfo(host, int(port or 8443), 0, _socket.SOCK_STREAM)[0]
+            # A str host makes getaddrinfo encode it with the "idna" codec, whose import (re, enum,
+            # functools) costs ~10 ms a call; config.py already allows only ASCII host names.
+            family, _, _, _, addr = _socket.getaddrinfo(
+                host.encode("ascii"), int(port or 8443), 0, _socket.SOCK_STREAM
+            )[0]
             raw = _WeakSocket(family, _socket.SOCK_STREAM)
             raw.settimeout(90)
             try:

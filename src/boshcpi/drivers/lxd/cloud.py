@@ -65,11 +65,11 @@ class LXDCloud(Cloud):
 
     # ---- stemcells -------------------------------------------------------------------------
     def create_stemcell(self, spec: StemcellSpec) -> str:
-        from boshcpi.drivers.lxd import images
+        from boshcpi.drivers.lxd import images, imageupload
         from boshcpi.faults import fail_point
 
         with mapped("create_stemcell"):
-            fingerprint = images.upload(self.client, spec, self.cfg.operation_timeout, self.cfg.max_stemcell_image)
+            fingerprint = imageupload.upload(self.client, spec, self.cfg.operation_timeout, self.cfg.max_stemcell_image)
             fail_point("alias")
             cid = images.create_alias(self.client, fingerprint, spec)
             if self.cfg.server.predeploy_stemcell:

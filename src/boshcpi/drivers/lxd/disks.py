@@ -215,15 +215,14 @@ def attach(host: LXDHost, vm_cid: str, disk_cid: str) -> Any:
     host.put_instance(vm_cid, inst, etag, "attach_disk")
     fail_point("attach-settings")
     try:
-        settingsio.write(host, vm_cid, new_settings)
+        settingsio.write(host, vm_cid, new_settings, kind=inst.get("type", ""))
     except BaseException:
         # Keep the VM and its settings consistent: undo the attach.
         inst2, etag2 = host.instance(vm_cid, "attach_disk")
         (inst2.get("devices") or {}).pop(device, None)
         host.put_instance(vm_cid, inst2, etag2, "attach_disk")
         raise
-    with mapped("attach_disk"):
-        _mark(host, pool, disk_cid, vol, {META + "vm": vm_cid})
+    # (Which VM uses a disk is the volume's `used_by`: no mark of our own to keep in step.)
     log.info(f"attached {disk_cid} to {vm_cid} as {device}: {hint}")
     return hint
 
@@ -288,16 +287,12 @@ def detach(host: LXDHost, vm_cid: str, disk_cid: str) -> None:
     if disk_cid in agent_settings.persistent(settings) or device:
         new = agent_settings.detach_persistent(settings, disk_cid)
         if device:
-            inst2, _ = host.instance(vm_cid, "detach_disk")
-            new = refresh_hints(host, inst2, new)
-        settingsio.write(host, vm_cid, new)
+            new = refresh_hints(host, inst, new)  # `inst` is what the PUT above made the instance
+        settingsio.write(host, vm_cid, new, kind=inst.get("type", ""))
     if found is None:
         # The director's missing-disk handling (cloudfoundry/bosh problem_handlers/missing_disk.rb)
         # expects DiskNotFound; the VM no longer refers to the disk either way.
         raise DiskNotFound(f"detach_disk: disk {disk_cid} not found (removed from {vm_cid})")
-    pool, vol = found
-    with mapped("detach_disk"):
-        _mark(host, pool, disk_cid, vol, {META + "vm": None})
 
 
 def attached(host: LXDHost, vm_cid: str) -> list[str]:

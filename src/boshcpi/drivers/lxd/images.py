@@ -1,4 +1,5 @@
-"""Stemcells as LXD/Incus images: streamed split-image uploads, reuse by fingerprint, aliases as cids.
+"""Stemcells as LXD/Incus images: lookups, reuse by fingerprint, aliases as cids, predeploy, delete
+(the upload itself is imageupload.py).
 
 Each stemcell cid is an image alias (`img-<uuid>`); two stemcells with the same bytes share one
 image, and an image goes only when its last alias does and no instance is built from it.
@@ -6,79 +7,15 @@ image, and an image goes only when its last alias does and no instance is built 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator
-
-from boshcpi import ids, log, stemcell
+from boshcpi import ids, log
 from boshcpi.cloud import StemcellSpec
-from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote, urlencode
-from boshcpi.drivers.lxd.errors import mapped, to_bosh
-from boshcpi.protocol import CloudError, CpiError
+from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote
+from boshcpi.drivers.lxd.errors import mapped
+from boshcpi.protocol import CloudError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from boshcpi.drivers.lxd.host import LXDHost
-
-DEFAULT_MAX_IMAGE = 100 << 30
-
-
-def _metadata_yaml(spec: StemcellSpec, is_vm: bool) -> str:
-    arch = stemcell.architecture(spec.cloud_properties.get("architecture"))
-    props = {
-        "description": f"BOSH stemcell {spec.name or 'unnamed'}/{spec.version or '0'}",
-        "os": spec.os or "bosh",
-        "release": spec.version or "0",
-        "boshcpi": "true",
-        "bosh.stemcell.name": spec.name,
-        "bosh.stemcell.version": spec.version,
-        "bosh.stemcell.kind": "vm" if is_vm else "container",
-    }
-    # Every value is the stemcell's own (stemcell.MF): quoted, never trusted to be plain YAML.
-    lines = [f"architecture: {arch}", "creation_date: 946684800", "properties:"]
-    lines += [f"  {k}: {stemcell.yaml_quote(str(v)[:255])}" for k, v in props.items()]
-    return "\n".join(lines) + "\n"
-
-
-class Multipart:
-    """A multipart/form-data body (metadata + rootfs) of known length, streamed from a file or from the
-    stemcell tarball itself, hashing what it sends: the split image's fingerprint comes out of the
-    same single read."""
-
-    def __init__(self, meta: bytes, rootfs_name: str, size: int, chunks: Iterator[bytes]) -> None:
-        import hashlib
-
-        self.boundary = "boshcpi-" + os.urandom(12).hex()
-        self.head = self._head("metadata") + meta + b"\r\n" + self._head(rootfs_name)
-        self.tail = f"\r\n--{self.boundary}--\r\n".encode()
-        self.size = size
-        self.chunks = chunks
-        self.length = len(self.head) + self.size + len(self.tail)
-        self.hash = hashlib.sha256(meta)
-
-    def _head(self, name: str) -> bytes:
-        return (
-            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield self.head
-        total = self.size or 1
-        sent, next_report, start = 0, 0.25, time.monotonic()
-        for chunk in self.chunks:
-            self.hash.update(chunk)
-            sent += len(chunk)
-            if sent / total >= next_report:
-                rate = sent / max(time.monotonic() - start, 1e-6) / 1e6
-                log.info(f"uploading image: {sent * 100 // total}% of {total // (1 << 20)} MiB ({rate:.0f} MB/s)")
-                next_report += 0.25
-            yield chunk
-        if sent != self.size:
-            raise CpiError(f"create_stemcell: the image ended after {sent} of {self.size} bytes")
-        yield self.tail
 
 
 def find_alias_info(client: LXDClient, cid: str) -> dict | None:
@@ -104,80 +41,6 @@ def image_info(client: LXDClient, fingerprint: str) -> dict | None:
         if e.not_found:
             return None
         raise
-
-
-def _kind(spec: StemcellSpec) -> str:
-    if spec.is_container:
-        return "rootfs"
-    return stemcell.probe(spec.image_path)
-
-
-def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int = DEFAULT_MAX_IMAGE) -> str:
-    """Import the stemcell image; return its fingerprint (reusing an identical image).
-
-    Container images stream straight from the stemcell file. A qcow2 root.img streams straight out of
-    the gzipped image tarball into the upload (no temporary copy); a raw one is written sparse to a
-    temporary folder and converted to the qcow2 LXD wants."""
-    stemcell.check_image_path(spec.image_path)
-    is_vm = _kind(spec) == "vm"
-    meta = stemcell.metadata_tarball(_metadata_yaml(spec, is_vm))
-    tmpdir = None
-    disk = None
-    try:
-        if not is_vm:
-            body = Multipart(meta, "rootfs", os.path.getsize(spec.image_path), stemcell.file_chunks(spec.image_path))
-        else:
-            disk = stemcell.DiskImage(spec.image_path)
-            if disk.format == "qcow2":
-                body = Multipart(meta, "rootfs.img", disk.size, disk.chunks())
-            else:
-                tmpdir = tempfile.mkdtemp(prefix="boshcpi-stemcell-", dir=os.environ.get("BOSHCPI_TMPDIR"))
-                raw = os.path.join(tmpdir, "root.img")
-                disk.write_sparse(raw, max_image)
-                disk.close()
-                qcow2 = _to_qcow2(raw)
-                body = Multipart(meta, "rootfs.img", os.path.getsize(qcow2), stemcell.file_chunks(qcow2))
-        # Upload straight away, hashing as it streams (no separate pass over a multi-GB image);
-        # LXD refuses an image it already holds by fingerprint, and then that image is reused.
-        headers = {
-            "Content-Type": f"multipart/form-data; boundary={body.boundary}",
-            f"{client.header_prefix}properties": urlencode({"boshcpi": "true"}),
-        }
-        log.info(f"uploading {'VM' if is_vm else 'container'} image from {spec.image_path}")
-        try:
-            status, _, payload = client.raw("POST", "/1.0/images", body, headers, length=body.length)
-            op = client._result(status, payload, wait=False)
-            result = client.wait(op["id"], timeout) if isinstance(op, dict) and "id" in op else op
-        except LXDError as e:
-            fingerprint = body.hash.hexdigest()
-            if "already exists" in e.message.lower() and image_info(client, fingerprint) is not None:
-                log.info(f"image {fingerprint[:12]} already present: reusing it")
-                return fingerprint
-            raise to_bosh(e, "create_stemcell: upload") from None
-        fingerprint = (result or {}).get("fingerprint") or body.hash.hexdigest()
-        if fingerprint != body.hash.hexdigest():
-            log.warn(f"daemon fingerprint {fingerprint[:12]} differs from computed {body.hash.hexdigest()[:12]}")
-        return fingerprint
-    finally:
-        if disk is not None:
-            disk.close()
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _to_qcow2(raw_path: str) -> str:
-    """LXD VM images carry qcow2; convert a raw root.img (needs qemu-img)."""
-    import subprocess
-
-    out = raw_path + ".qcow2"
-    qemu_img = shutil.which("qemu-img")
-    if not qemu_img:
-        raise CpiError("create_stemcell: raw VM images need qemu-img (package qemu-utils) to become qcow2")
-    proc = subprocess.run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", raw_path, out], capture_output=True)
-    if proc.returncode != 0:
-        raise CloudError(f"create_stemcell: qemu-img convert failed: {proc.stderr.decode(errors='replace')[:300]}")
-    os.unlink(raw_path)
-    return out
 
 
 def predeploy(host: LXDHost, cid: str) -> None:

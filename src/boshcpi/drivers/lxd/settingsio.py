@@ -129,8 +129,13 @@ def _read_filestore(host: LXDHost, vm_cid: str, source: str) -> dict[str, Any]:
         raise CloudError(f"VM {vm_cid}: {path} holds no valid settings JSON") from None
 
 
-def write(host: LXDHost, vm_cid: str, settings: dict[str, Any]) -> None:
-    """Give a running or stopped instance new settings (a VM's agent reads them at its next boot)."""
+def write(host: LXDHost, vm_cid: str, settings: dict[str, Any], kind: str = "") -> None:
+    """Give a running or stopped instance new settings (a VM's agent reads them at its next boot).
+    `kind` (the instance's type, when the caller just read it) saves a GET for a container."""
+    if kind == "container":
+        with mapped("write agent settings"):
+            write_container_file(host, vm_cid, settings)
+        return
     inst, etag = host.instance(vm_cid, "write settings")
     if inst.get("type") != "virtual-machine":
         with mapped("write agent settings"):
