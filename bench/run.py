@@ -430,7 +430,7 @@ class Bench:
                 "VM (qcow2 root.img)",
                 vm_image,
                 {"name": "bench-vm", "version": "1", "infrastructure": "openstack", "disk_format": "qcow2"},
-                [str(meta), str(root_img), "--vm"],
+                [str(meta), str(root_img)],
             ),
         ):
             rss: list[int] = []

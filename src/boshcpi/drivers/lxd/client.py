@@ -34,12 +34,16 @@ def urlencode(params: dict[str, Any]) -> str:
 class LXDError(Exception):
     """The daemon answered with an error (or could not be reached: status 0)."""
 
-    def __init__(self, status: int, message: str, permanent: bool = False) -> None:
+    def __init__(
+        self, status: int, message: str, permanent: bool = False, metadata: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         # A TLS verification failure stays one however often it is retried.
         self.permanent = permanent
+        # A failed operation's metadata (an image upload refused as a duplicate names its fingerprint).
+        self.metadata = metadata or {}
 
     @property
     def not_found(self) -> bool:
@@ -397,7 +401,7 @@ class LXDClient:
                 raise LXDError(doc.get("error_code") or status, doc.get("error") or f"HTTP {status}")
             op = doc.get("metadata") or {}
             if op.get("status_code", 0) >= 400 or op.get("status") == "Failure":
-                raise LXDError(400, op.get("err") or "operation failed")
+                raise LXDError(400, op.get("err") or "operation failed", metadata=op.get("metadata"))
             if op.get("status") == "Success":
                 return op.get("metadata") or {}
             if time.monotonic() >= deadline:

@@ -1,5 +1,5 @@
 """Stemcell uploads to LXD/Incus: a split image (metadata + rootfs) streamed in one pass with a known
-length, hashed as it goes. Only create_stemcell imports this (and its tarfile/tempfile/shutil cost);
+length. Only create_stemcell imports this (and its tarfile/tempfile/shutil cost);
 lookups, aliases and deletes are in images.py."""
 
 from __future__ import annotations
@@ -39,19 +39,16 @@ def _metadata_yaml(spec: StemcellSpec, is_vm: bool) -> str:
 
 class Multipart:
     """A multipart/form-data body (metadata + rootfs) of known length, streamed from a file or from the
-    stemcell tarball itself, hashing what it sends: the split image's fingerprint comes out of the
-    same single read."""
+    stemcell tarball itself. The daemon computes the fingerprint as it receives (hashing here too would
+    put a second SHA-256 of every byte on the same CPUs, ~8% of a 1 GiB upload on 2 cores)."""
 
     def __init__(self, meta: bytes, rootfs_name: str, size: int, chunks: Iterator[bytes]) -> None:
-        import hashlib
-
         self.boundary = "boshcpi-" + os.urandom(12).hex()
         self.head = self._head("metadata") + meta + b"\r\n" + self._head(rootfs_name)
         self.tail = f"\r\n--{self.boundary}--\r\n".encode()
         self.size = size
         self.chunks = chunks
         self.length = len(self.head) + self.size + len(self.tail)
-        self.hash = hashlib.sha256(meta)
 
     def _head(self, name: str) -> bytes:
         return (
@@ -64,7 +61,6 @@ class Multipart:
         total = self.size or 1
         sent, next_report, start = 0, 0.25, time.monotonic()
         for chunk in self.chunks:
-            self.hash.update(chunk)
             sent += len(chunk)
             if sent / total >= next_report:
                 rate = sent / max(time.monotonic() - start, 1e-6) / 1e6
@@ -107,7 +103,7 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
                 disk.close()
                 qcow2 = _to_qcow2(raw)
                 body = Multipart(meta, "rootfs.img", os.path.getsize(qcow2), stemcell.file_chunks(qcow2))
-        # Upload straight away, hashing as it streams (no separate pass over a multi-GB image);
+        # Upload straight away (no separate pass over a multi-GB image);
         # LXD refuses an image it already holds by fingerprint, and then that image is reused.
         headers = {
             "Content-Type": f"multipart/form-data; boundary={body.boundary}",
@@ -119,14 +115,16 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
             op = client._result(status, payload, wait=False)
             result = client.wait(op["id"], timeout) if isinstance(op, dict) and "id" in op else op
         except LXDError as e:
-            fingerprint = body.hash.hexdigest()
-            if "already exists" in e.message.lower() and image_info(client, fingerprint) is not None:
+            # LXD/Incus keep the fingerprint in a failed upload's operation metadata ("Set the metadata
+            # if possible, even if there is an error": lxd/images.go imagesPost, incusd images.go).
+            fingerprint = e.metadata.get("fingerprint", "")
+            if "already exists" in e.message.lower() and fingerprint and image_info(client, fingerprint) is not None:
                 log.info(f"image {fingerprint[:12]} already present: reusing it")
                 return fingerprint
             raise to_bosh(e, "create_stemcell: upload") from None
-        fingerprint = (result or {}).get("fingerprint") or body.hash.hexdigest()
-        if fingerprint != body.hash.hexdigest():
-            log.warn(f"daemon fingerprint {fingerprint[:12]} differs from computed {body.hash.hexdigest()[:12]}")
+        fingerprint = (result or {}).get("fingerprint") or ""
+        if not fingerprint:
+            raise CloudError("create_stemcell: the daemon accepted the image but named no fingerprint")
         return fingerprint
     finally:
         if disk is not None:
