@@ -15,6 +15,10 @@ from collections.abc import Iterator
 
 from boshcpi.protocol import CpiError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 CHUNK = 1 << 20
 VM_IMAGE_NAMES = ("root.img", "./root.img", "disk.raw", "./disk.raw")
 ARCHITECTURES = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
@@ -177,6 +181,57 @@ class DiskImage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def prefetched(chunks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
+    """`chunks`, produced by a second thread `depth` chunks ahead: gunzip (zlib releases the GIL) runs on
+    one core while the upload writes to the socket on another, as the Go CPI's pipe does. Bounded, so
+    memory stays at `depth` chunks; the producer stops when the consumer does."""
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(_Failed(e))
+
+    worker = threading.Thread(target=produce, name="boshcpi-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def file_chunks(path: str) -> Iterator[bytes]:

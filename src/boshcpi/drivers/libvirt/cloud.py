@@ -90,7 +90,7 @@ class LibvirtCloud(Cloud):
             try:
                 vol = self.host.new_volume(cid, disk.virtual_size, disk.format)
                 log.info(f"uploading {disk.format} stemcell image ({disk.size // MiB} MiB) to {cid}")
-                self.host.upload(vol, disk.chunks(), disk.size)
+                self.host.upload(vol, stemcell.prefetched(disk.chunks()), disk.size)
             except BaseException as e:
                 if vol is not None:
                     self.host.delete_volume(cid)

@@ -95,7 +95,7 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
         else:
             disk = stemcell.DiskImage(spec.image_path)
             if disk.format == "qcow2":
-                body = Multipart(meta, "rootfs.img", disk.size, disk.chunks())
+                body = Multipart(meta, "rootfs.img", disk.size, stemcell.prefetched(disk.chunks()))
             else:
                 tmpdir = tempfile.mkdtemp(prefix="boshcpi-stemcell-", dir=os.environ.get("BOSHCPI_TMPDIR"))
                 raw = os.path.join(tmpdir, "root.img")
