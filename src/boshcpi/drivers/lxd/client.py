@@ -398,7 +398,13 @@ class LXDClient:
             )
             doc = fastjson.loads(payload or b"{}")
             if doc.get("type") == "error" or status >= 400:
-                raise LXDError(doc.get("error_code") or status, doc.get("error") or f"HTTP {status}")
+                # Incus answers a failed operation's /wait with an error response and no operation;
+                # the operation itself (kept a few seconds after it ends) still holds its metadata.
+                raise LXDError(
+                    doc.get("error_code") or status,
+                    doc.get("error") or f"HTTP {status}",
+                    metadata=self._failed_op_metadata(op_id) if status != 404 else None,
+                )
             op = doc.get("metadata") or {}
             if op.get("status_code", 0) >= 400 or op.get("status") == "Failure":
                 raise LXDError(400, op.get("err") or "operation failed", metadata=op.get("metadata"))
@@ -408,6 +414,13 @@ class LXDClient:
                 raise LXDError(0, f"operation {op_id} did not finish within {timeout or self.timeout:.0f}s")
             if op.get("status") == "Running" and op.get("metadata"):
                 log.debug(f"operation {op_id}: {op['metadata']}")
+
+    def _failed_op_metadata(self, op_id: str) -> dict[str, Any] | None:
+        try:
+            status, _, payload = self.raw("GET", f"/1.0/operations/{op_id}", project=True)
+            return (fastjson.loads(payload or b"{}").get("metadata") or {}).get("metadata") if status == 200 else None
+        except (OSError, ValueError, LXDError):
+            return None
 
     def delete(self, path: str, **kw: Any) -> bool:
         """DELETE that treats a missing object as done: True if it deleted, False if already gone."""

@@ -180,10 +180,12 @@ def attach(host: LXDHost, vm_cid: str, disk_cid: str) -> Any:
     inst, etag = host.owned_instance(vm_cid, "attach_disk")
     with mapped("attach_disk"):
         pool, vol = _require(host, disk_cid, "attach_disk")
-        is_vm = inst.get("type") == "virtual-machine"
-        settings = settingsio.read(host, vm_cid, inst)
+    is_vm = inst.get("type") == "virtual-machine"
     existing = _attached_device(inst, disk_cid)
+    settings = None
     if existing:
+        with mapped("attach_disk"):
+            settings = settingsio.read(host, vm_cid, inst)
         hint = agent_settings.persistent(settings).get(disk_cid)
         if hint:
             log.info(f"disk {disk_cid} is already attached to {vm_cid}")
@@ -206,25 +208,40 @@ def attach(host: LXDHost, vm_cid: str, disk_cid: str) -> Any:
         dev["path"] = f"{agent_settings.CONTAINER_DISK_ROOT}/{disk_cid}"
     devices[device] = dev
     inst["devices"] = devices
+    # The daemon adds the device while the settings are read: a container's first file access
+    # starts LXD's file server in it, tens of milliseconds that need not wait for the hotplug.
+    op = host.put_instance(vm_cid, inst, etag, "attach_disk", wait=False)
+    try:
+        if settings is None:
+            with mapped("attach_disk"):
+                settings = settingsio.read(host, vm_cid, inst)
+    except BaseException:
+        host.finish(op, vm_cid, "attach_disk")
+        _undo_attach(host, vm_cid, device)
+        raise
+    host.finish(op, vm_cid, "attach_disk")
     if is_vm:
         new_settings = refresh_hints(host, inst, agent_settings.attach_persistent(settings, disk_cid, {}))
         hint: Any = new_settings["disks"]["persistent"][disk_cid]
     else:
         hint = dev["path"]
         new_settings = agent_settings.attach_persistent(settings, disk_cid, hint)
-    host.put_instance(vm_cid, inst, etag, "attach_disk")
     fail_point("attach-settings")
     try:
         settingsio.write(host, vm_cid, new_settings, kind=inst.get("type", ""))
     except BaseException:
         # Keep the VM and its settings consistent: undo the attach.
-        inst2, etag2 = host.instance(vm_cid, "attach_disk")
-        (inst2.get("devices") or {}).pop(device, None)
-        host.put_instance(vm_cid, inst2, etag2, "attach_disk")
+        _undo_attach(host, vm_cid, device)
         raise
     # (Which VM uses a disk is the volume's `used_by`: no mark of our own to keep in step.)
     log.info(f"attached {disk_cid} to {vm_cid} as {device}: {hint}")
     return hint
+
+
+def _undo_attach(host: LXDHost, vm_cid: str, device: str) -> None:
+    inst, etag = host.instance(vm_cid, "attach_disk")
+    (inst.get("devices") or {}).pop(device, None)
+    host.put_instance(vm_cid, inst, etag, "attach_disk")
 
 
 def _mark(host: LXDHost, pool: str, disk_cid: str, vol: dict[str, Any], changes: dict[str, str | None]) -> None:
@@ -277,13 +294,19 @@ def detach(host: LXDHost, vm_cid: str, disk_cid: str) -> None:
     inst, etag = host.owned_instance(vm_cid, "detach_disk")
     with mapped("detach_disk"):
         found = find(host, disk_cid)
-        settings = settingsio.read(host, vm_cid, inst)
     device = _attached_device(inst, disk_cid)
+    op = None
     if device:
+        # As in attach: the daemon removes the device while the settings are read.
         inst["devices"].pop(device)
-        host.put_instance(vm_cid, inst, etag, "detach_disk")
+        op = host.put_instance(vm_cid, inst, etag, "detach_disk", wait=False)
     else:
         log.info(f"disk {disk_cid} is not attached to {vm_cid}")
+    try:
+        with mapped("detach_disk"):
+            settings = settingsio.read(host, vm_cid, inst)
+    finally:
+        host.finish(op, vm_cid, "detach_disk")
     if disk_cid in agent_settings.persistent(settings) or device:
         new = agent_settings.detach_persistent(settings, disk_cid)
         if device:

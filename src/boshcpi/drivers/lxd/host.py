@@ -121,12 +121,20 @@ class LXDHost:
             raise VMNotFound(f"{action}: {vm_cid} is not a VM made by boshcpi or the Go LXD CPI")
         return inst, etag
 
-    def put_instance(self, vm_cid: str, inst: dict[str, Any], etag: str, action: str) -> None:
+    def put_instance(self, vm_cid: str, inst: dict[str, Any], etag: str, action: str, wait: bool = True) -> Any:
+        """Replace an instance's config and devices. With `wait=False` the daemon's operation is
+        returned still running: the caller does other requests meanwhile, then `finish(op, ...)`."""
         body = {k: inst.get(k) for k in ("architecture", "config", "devices", "ephemeral", "profiles", "description")}
         body["stateful"] = False
         headers = {"If-Match": etag} if etag else None
         with mapped(action, not_found=VMNotFound(f"{action}: VM {vm_cid} not found")):
-            self.client.request("PUT", instance_path(vm_cid), body, headers=headers)
+            return self.client.request("PUT", instance_path(vm_cid), body, headers=headers, wait=wait)
+
+    def finish(self, op: Any, vm_cid: str, action: str) -> None:
+        """Wait for an operation `put_instance(wait=False)` started; its failure is the call's."""
+        if isinstance(op, dict) and "id" in op:
+            with mapped(action, not_found=VMNotFound(f"{action}: VM {vm_cid} not found")):
+                self.client.wait(op["id"])
 
     def change_state(self, name: str, action: str, timeout: int = 30, force: bool = True) -> None:
         body: dict[str, Any] = {"action": action, "timeout": timeout}

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from boshcpi import log, stemcell
 from boshcpi.cloud import StemcellSpec
@@ -89,6 +89,9 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
     meta = stemcell.metadata_tarball(_metadata_yaml(spec, is_vm))
     tmpdir = None
     disk = None
+    # What the rootfs part holds, readable again for the rare duplicate whose fingerprint the daemon
+    # no longer reports.
+    replay: Callable[[], Iterator[bytes]] = lambda: stemcell.file_chunks(spec.image_path)  # noqa: E731
     try:
         if not is_vm:
             body = Multipart(meta, "rootfs", os.path.getsize(spec.image_path), stemcell.file_chunks(spec.image_path))
@@ -96,6 +99,7 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
             disk = stemcell.DiskImage(spec.image_path)
             if disk.format == "qcow2":
                 body = Multipart(meta, "rootfs.img", disk.size, stemcell.prefetched(disk.chunks()))
+                replay = lambda: _root_img_chunks(spec.image_path)  # noqa: E731
             else:
                 tmpdir = tempfile.mkdtemp(prefix="boshcpi-stemcell-", dir=os.environ.get("BOSHCPI_TMPDIR"))
                 raw = os.path.join(tmpdir, "root.img")
@@ -103,6 +107,7 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
                 disk.close()
                 qcow2 = _to_qcow2(raw)
                 body = Multipart(meta, "rootfs.img", os.path.getsize(qcow2), stemcell.file_chunks(qcow2))
+                replay = lambda: stemcell.file_chunks(qcow2)  # noqa: E731
         # Upload straight away (no separate pass over a multi-GB image);
         # LXD refuses an image it already holds by fingerprint, and then that image is reused.
         headers = {
@@ -118,6 +123,8 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
             # LXD/Incus keep the fingerprint in a failed upload's operation metadata ("Set the metadata
             # if possible, even if there is an error": lxd/images.go imagesPost, incusd images.go).
             fingerprint = e.metadata.get("fingerprint", "")
+            if "already exists" in e.message.lower() and not fingerprint:
+                fingerprint = _fingerprint(meta, replay())
             if "already exists" in e.message.lower() and fingerprint and image_info(client, fingerprint) is not None:
                 log.info(f"image {fingerprint[:12]} already present: reusing it")
                 return fingerprint
@@ -131,6 +138,21 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
             disk.close()
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _root_img_chunks(path: str) -> Iterator[bytes]:
+    with stemcell.DiskImage(path) as disk:
+        yield from disk.chunks()
+
+
+def _fingerprint(meta: bytes, rootfs: Iterator[bytes]) -> str:
+    """A split image's fingerprint as LXD/Incus compute it: SHA-256 of the metadata then the rootfs."""
+    import hashlib
+
+    digest = hashlib.sha256(meta)
+    for chunk in rootfs:
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _to_qcow2(raw_path: str) -> str:
