@@ -37,7 +37,36 @@ from boshcpi.dev import stemcells  # noqa: E402
 from boshcpi.dev.tools import find_tool  # noqa: E402
 
 PY = sys.executable
-BOSHCPI = [str(Path(PY).parent / "boshcpi")]
+BOSHCPI: list[str] = []  # set by packaged_launcher(): what the release's bin/cpi runs
+
+
+def packaged_launcher(dest: Path) -> list[str]:
+    """The boshcpi package built by its own packaging script (packages/boshcpi/packaging), run as the
+    job's bin/cpi runs it, with this machine's Python 3.11 standing in for the release's python3
+    package (the same CPython version, built by Debian instead of by BOSH): what operators run,
+    rather than the development venv's launcher and its site-packages."""
+    import sysconfig
+
+    pkgs = dest / "packages"
+    (pkgs / "python3" / "bin").mkdir(parents=True)
+    real = Path(sysconfig.get_config_var("BINDIR") or "/usr/bin") / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    (pkgs / "python3" / "bin" / "python3").symlink_to(real)
+    src = dest / "compile"
+    shutil.copytree(ROOT / "src" / "boshcpi", src / "boshcpi", ignore=shutil.ignore_patterns("__pycache__", "dev"))
+    env = {
+        **os.environ,
+        "BOSH_COMPILE_TARGET": str(src),
+        "BOSH_INSTALL_TARGET": str(pkgs / "boshcpi"),
+        "BOSH_PACKAGE_NAME": "boshcpi",
+        "BOSH_PACKAGES_DIR": str(pkgs),
+    }
+    subprocess.run(
+        ["bash", str(ROOT / "packages" / "boshcpi" / "packaging")], cwd=src, env=env, check=True, capture_output=True
+    )
+    os.environ["BOSH_PACKAGES_DIR"] = str(pkgs)  # as bosh create-env sets it for the CPI
+    return [str(pkgs / "boshcpi" / "bin" / "boshcpi")]
+
+
 POOL = "boshcpi-btrfs"
 DAEMONS = {
     "lxd": ("lxc", "/var/lib/lxd/unix.socket", "boshcpi-lxdbr0", "10.245.10", "https://127.0.0.1:8443"),
@@ -632,6 +661,8 @@ def main() -> int:
     import compileall
 
     compileall.compile_dir(str(ROOT / "src"), quiet=1)
+    pkg_dir = Path(tempfile.mkdtemp(prefix="boshcpi-bench-pkg-"))
+    BOSHCPI[:] = packaged_launcher(pkg_dir)
     bench = Bench(args.daemon, max(args.runs, 10), args.image_mib, args.stemcell_runs)
     parts = {
         "calls": bench.calls,
@@ -646,6 +677,7 @@ def main() -> int:
             parts[name]()
     finally:
         bench.close()
+        shutil.rmtree(pkg_dir, ignore_errors=True)
     out = (
         Path(args.out)
         if args.out
