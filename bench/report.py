@@ -13,7 +13,8 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 def table(doc: dict, source: str) -> str:
     lines = [
-        f"From `{source}` ({doc['daemon']} {doc.get('daemon_version', '')}, {doc['host']['cpus']} CPUs, "
+        f"From `{source}` ({doc['daemon']} {doc.get('daemon_version', '').split(':')[-1].strip()}, "
+        f"{doc['host']['cpus']} CPUs, "
         f"{doc['date'][:10]}); medians over the runs shown, min-max in brackets, every pair interleaved.",
         "",
         "| benchmark | boshcpi | baseline | ratio | target | met |",

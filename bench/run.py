@@ -334,7 +334,14 @@ class Bench:
                 lambda m=method, a=args: self.go_cpi(m, *a),
                 max(self.runs, 15),
             )
-            self.row(f"{method} over the unix socket", ours, go, "Go LXD CPI (HTTPS)", 1.0)
+            self.row(
+                f"{method} over the unix socket",
+                ours,
+                go,
+                "Go LXD CPI (HTTPS)",
+                1.0,
+                note="the Go CPI speaks HTTPS only",
+            )
 
     def _warden(self) -> str:
         d = self.stemcells["warden"]
