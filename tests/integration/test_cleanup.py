@@ -37,8 +37,9 @@ def killed_call(config, method: str, args: list, pause_at: str) -> None:
         assert line or proc.poll() is None, "call ended before the pause point"
     proc.kill()
     proc.wait()
-    # Every CPI call of every suite is checked for leaked secrets: these too.
-    leaked = [x for x in SECRETS if x.encode() in seen + proc.stdout.read()]
+    # Every CPI call of every suite is checked for leaked secrets: these too, up to the kill.
+    seen += proc.stderr.read() + proc.stdout.read()
+    leaked = [x for x in SECRETS if x.encode() in seen]
     assert not leaked, f"secret(s) {leaked} reached the CPI's output"
 
 
