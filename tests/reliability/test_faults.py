@@ -122,16 +122,19 @@ def test_daemon_restart_during_a_call(lxd, tmp_path):
     assert proc.poll() is None, seen.decode()
     pid = _lxd_pid()
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while _lxd_pid() == pid and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGCONT)
-    out = proc.stdout.read()
-    err = seen + proc.stderr.read()
-    proc.wait(timeout=300)
+    try:
+        deadline = time.monotonic() + 60
+        while _lxd_pid() == pid and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGCONT)
+        out = proc.stdout.read()
+        err = seen + proc.stderr.read()
+        proc.wait(timeout=300)
+    finally:
+        # The daemon comes back whatever happened above: the tests after this one need it.
+        subprocess.run(["bash", str(ROOT / "scripts/host-setup.sh"), "daemons"], check=True, capture_output=True)
     leaked = [x for x in SECRETS if x.encode() in out + err]
     assert not leaked, f"secret(s) {leaked} reached the CPI's output"
-    subprocess.run(["bash", str(ROOT / "scripts/host-setup.sh"), "daemons"], check=True, capture_output=True)
     doc = json.loads(out)
     assert doc["error"] is not None and doc["error"]["ok_to_retry"] is True, doc
     # The director retries: the call now succeeds, and the state is consistent: one new image.
