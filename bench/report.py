@@ -1,5 +1,6 @@
-"""Write README's benchmark table from the newest results file (bench/results/*.json), between the
-`<!-- bench:begin -->` and `<!-- bench:end -->` markers, so the README's numbers are the committed ones."""
+"""Write README's benchmark tables, one per daemon from its newest results file (bench/results/*.json),
+between the `<!-- bench:begin -->` and `<!-- bench:end -->` markers, so the README's numbers are the
+committed ones."""
 
 from __future__ import annotations
 
@@ -39,12 +40,16 @@ def table(doc: dict, source: str) -> str:
 
 
 def main() -> int:
-    files = sorted((ROOT / "bench" / "results").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    if not files:
+    # By the date each run recorded (a fresh clone's file times say nothing): oldest first, so a later
+    # run of the same daemon replaces an earlier one.
+    runs = sorted(
+        ((f, json.loads(f.read_text())) for f in (ROOT / "bench" / "results").glob("*.json")),
+        key=lambda run: run[1]["date"],
+    )
+    if not runs:
         print("no results in bench/results", file=sys.stderr)
         return 1
-    latest = files[-1]
-    doc = json.loads(latest.read_text())
+    newest = {doc["daemon"]: (f, doc) for f, doc in runs}
     readme = ROOT / "README.md"
     text = readme.read_text()
     if BEGIN not in text or END not in text:
@@ -52,8 +57,9 @@ def main() -> int:
         return 1
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{table(doc, latest.relative_to(ROOT).as_posix())}\n{END}{tail}")
-    print(f"README.md: table from {latest.name}")
+    tables = [table(doc, f.relative_to(ROOT).as_posix()) for _, (f, doc) in sorted(newest.items())]
+    readme.write_text(f"{head}{BEGIN}\n" + "\n\n".join(tables) + f"\n{END}{tail}")
+    print(f"README.md: tables from {', '.join(f.name for f, _ in newest.values())}")
     return 0
 
 
