@@ -80,6 +80,21 @@ def test_lxd_go_cpi_properties_render_unchanged(script, tmp_path):
     assert cfg.agent_config.filestore_path == "/var/vcap/store/agent-data"
 
 
+def test_lxd_go_cpi_older_property_names_render(script, tmp_path):
+    """Go LXD CPI releases before Incus support named the server block lxd_cpi.lxd.* (a2geek/
+    bosh-lxd-cpi-release jobs/lxd_cpi/spec then): such a manifest deploys unchanged, each older name
+    taking its server.* twin's place, string booleans included."""
+    server = props("go-lxd")["director"]["server"]
+    legacy = {k: v for k, v in server.items() if k != "create_vm_lock"}
+    legacy.update(insecure_skip_verify="true", bios_path="bios-256k.bin", network_name="oldbr0")
+    properties = {"lxd_cpi": {**props("go-lxd")["director"], "server": {"network_name": "ignored"}, "lxd": legacy}}
+    cfg, _ = render(script, "lxd_cpi", properties, tmp_path)
+    assert cfg.server.url == "https://192.168.1.10:8443" and cfg.server.project_name == "boshdev"
+    assert cfg.server.storage_pool_name == "boshpool" and cfg.server.profile_name == "default"
+    assert cfg.server.network_name == "oldbr0" and cfg.server.insecure_skip_verify is True
+    assert cfg.server.bios_path == "bios-256k.bin" and cfg.server.tls_client_key.startswith("-----BEGIN EC")
+
+
 def test_libvirt_full(script, tmp_path):
     cfg, _ = render(script, "libvirt_cpi", props("libvirt_cpi.full"), tmp_path)
     assert cfg.driver == "libvirt" and cfg.libvirt.domain_type == "qemu"
