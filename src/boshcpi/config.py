@@ -204,7 +204,7 @@ LibvirtConfig = _section(
         "tls_client_key": ("str", "", None),
         "tls_ca_cert": ("str", "", None),
         "domain_template": ("str", "", None),
-        "console_log_dir": ("str", "/var/log/boshcpi", None),
+        "console_log_dir": ("str", "/var/log/libvirt/qemu", None),
         "machine_type": ("str", "pc", None),
         "emulator": ("str", "", None),
         "stemcell_formats": ("strlist", list, None),

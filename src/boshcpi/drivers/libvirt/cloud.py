@@ -237,7 +237,12 @@ class LibvirtCloud(Cloud):
                 "created": _now(),
             }
         )
-        os.makedirs(self.lc.console_log_dir, exist_ok=True)
+        if self.host.is_local:
+            # The serial console's file is opened by libvirtd on its host: the folder must exist there.
+            try:
+                os.makedirs(self.lc.console_log_dir, exist_ok=True)
+            except OSError as e:
+                log.warn(f"console log folder {self.lc.console_log_dir}: {e.strerror}")
         from xml.sax.saxutils import escape
 
         try:
@@ -305,10 +310,11 @@ class LibvirtCloud(Cloud):
         for name in sorted(owned):
             if not naming.is_disk_cid(name):
                 self.host.delete_volume(name)
-        try:
-            os.unlink(self.console_log(vm_cid))
-        except OSError:
-            pass
+        if self.host.is_local:
+            try:
+                os.unlink(self.console_log(vm_cid))
+            except OSError:
+                pass
 
     def has_vm(self, vm_cid: str) -> bool:
         dom = self.host.domain(vm_cid)

@@ -41,6 +41,13 @@ class LibvirtHost:
 
     # ---- connection -------------------------------------------------------------------------
     @property
+    def is_local(self) -> bool:
+        """libvirtd on this machine (qemu:///system, qemu+unix:///...): then its files are ours to see.
+        A remote URI (qemu+tls://host/system) names a host whose filesystem this process never sees."""
+        _, _, rest = self.lc.uri.partition("://")
+        return rest.startswith("/")
+
+    @property
     def conn(self) -> Any:
         if self._conn is None:
             self.lv = load_libvirt()
