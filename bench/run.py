@@ -240,6 +240,8 @@ class Bench:
             input=req.encode(),
             capture_output=True,
         )
+        if not out.stdout.strip():
+            raise RuntimeError(f"Go CPI {method}: no answer (exit {out.returncode}): {out.stderr.decode()[-2000:]}")
         return json.loads(out.stdout)
 
     def row(
@@ -308,6 +310,16 @@ class Bench:
         )
         if not self.go:
             return
+        # The Go LXD CPI's Incus adapter dereferences a nil instance on has_vm of a missing VM (a panic,
+        # no answer): there, both answer has_vm for an instance that exists (an empty one, same GET).
+        probe = _try(self.go_cpi, "has_vm", ghost)
+        if isinstance(probe, RuntimeError):
+            ghost = f"vm-{uuid.uuid4()}"
+            self.lxc("init", "--empty", ghost, "-s", POOL)
+            self.notes.append(
+                f"The Go LXD CPI on {self.daemon} crashes on has_vm of a missing VM ({str(probe).splitlines()[0]});"
+                " boshcpi answers false. The has_vm rows against it use an instance that exists instead."
+            )
         for method, args in (("info", []), ("has_vm", [ghost])):
             ours, go = interleaved(
                 lambda m=method, a=args: self.cpi(m, *a, config=self.https_config),
