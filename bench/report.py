@@ -57,7 +57,10 @@ def main() -> int:
         return 1
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    tables = [table(doc, f.relative_to(ROOT).as_posix()) for _, (f, doc) in sorted(newest.items())]
+    tables = [
+        table(doc, f.relative_to(ROOT).as_posix())
+        for _, (f, doc) in sorted(newest.items(), key=lambda kv: (kv[0] != "lxd", kv[0]))
+    ]
     readme.write_text(f"{head}{BEGIN}\n" + "\n\n".join(tables) + f"\n{END}{tail}")
     print(f"README.md: tables from {', '.join(f.name for f, _ in newest.values())}")
     return 0
