@@ -72,12 +72,15 @@ class Lease:
 
     def __enter__(self) -> Lease:
         if not self._from_server():
-            from boshcpi.throttle.slots import Slots
+            from boshcpi.throttle.slots import Slots, slot_dir
 
             log.warn(f"throttle server {self.socket_path} not reachable: using flock slots (limit {self.limit})")
             start = time.monotonic()
+            slots = Slots(self.socket_path, self.limit)
+            if slots.dir != slot_dir(self.socket_path):
+                log.warn(f"throttle: cannot make {slot_dir(self.socket_path)}; slots in {slots.dir}")
             try:
-                _, self._fd = Slots(self.socket_path, self.limit).acquire(timeout=self.wait_timeout)
+                _, self._fd = slots.acquire(timeout=self.wait_timeout)
             except TimeoutError as e:
                 from boshcpi.protocol import CloudError
 

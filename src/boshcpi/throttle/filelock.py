@@ -18,8 +18,13 @@ class FileLock:
     def __enter__(self) -> FileLock:
         import fcntl
 
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o660)
+        from boshcpi.throttle.lockdir import usable_dir
+
+        folder = usable_dir(os.path.dirname(self.path) or ".")
+        if folder != os.path.dirname(self.path):
+            log.warn(f"create_vm lock: cannot make {os.path.dirname(self.path)}; locking in {folder}")
+            self.path = os.path.join(folder, os.path.basename(self.path))
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
         deadline = time.monotonic() + self.timeout
         while True:
             try:

@@ -18,9 +18,10 @@ def slot_dir(socket_path: str) -> str:
 
 class Slots:
     def __init__(self, socket_path: str, limit: int) -> None:
-        self.dir = slot_dir(socket_path)
+        from boshcpi.throttle.lockdir import usable_dir
+
+        self.dir = usable_dir(slot_dir(socket_path))
         self.limit = limit
-        os.makedirs(self.dir, mode=0o770, exist_ok=True)
 
     def try_acquire(self) -> tuple[int, int] | None:
         """(slot, fd) of a free slot, or None when all `limit` are taken."""
