@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from boshcpi.dev.tools import find_tool, missing_reason
 from tests.helpers import ROOT
@@ -130,3 +131,97 @@ def keep_compiled() -> None:
 def new_state(path: Path) -> None:
     """A state file naming the shared installation (the CLI fills in everything else)."""
     path.write_text(json.dumps({"director_id": "e2e-" + os.urandom(4).hex(), "installation_id": INSTALLATION_ID}))
+
+
+def manifest(
+    tmp: Path,
+    name: str,
+    releases: tuple[Path, Path],
+    stemcell: Path,
+    vm_properties: dict,
+    subnet: str,
+    ip: str,
+    cpi_job: str,
+    cpi_properties: dict,
+) -> Path:
+    """A create-env manifest as an operator writes one: the boshcpi release and the dummy release,
+    one instance of the trivial job with a persistent disk on a manual network, the mbus over HTTPS
+    with a certificate the CLI generates, and the CPI job `cpi_job` with `cpi_properties`."""
+    boshcpi, dummy = releases
+    agent_mbus = "https://mbus:((mbus_bootstrap_password))@0.0.0.0:6868"
+    doc = {
+        "name": name,
+        "releases": [{"name": "boshcpi", "url": f"file://{boshcpi}"}, {"name": "e2e-dummy", "url": f"file://{dummy}"}],
+        "resource_pools": [
+            {
+                "name": "vms",
+                "network": "default",
+                "stemcell": {"url": f"file://{stemcell}"},
+                "cloud_properties": vm_properties,
+                "env": {
+                    "bosh": {
+                        "mbus": {"cert": "((mbus_bootstrap_ssl))"},
+                        "blobstores": [
+                            {"provider": "local", "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}}
+                        ],
+                        "password": "*",
+                    }
+                },
+            }
+        ],
+        "disk_pools": [{"name": "disks", "disk_size": 1024, "cloud_properties": {}}],
+        "networks": [
+            {
+                "name": "default",
+                "type": "manual",
+                "subnets": [
+                    {
+                        "range": f"{subnet}.0/24",
+                        "gateway": f"{subnet}.1",
+                        "dns": [f"{subnet}.1"],
+                        "static": [ip],
+                        "cloud_properties": {},
+                    }
+                ],
+            }
+        ],
+        "instance_groups": [
+            {
+                "name": "trivial",
+                "instances": 1,
+                "resource_pool": "vms",
+                "persistent_disk_pool": "disks",
+                "networks": [{"name": "default", "static_ips": [ip]}],
+                "jobs": [{"name": "trivial", "release": "e2e-dummy"}],
+                "properties": {"trivial": {"greeting": "hello from create-env"}},
+            }
+        ],
+        "cloud_provider": {
+            "template": {"name": cpi_job, "release": "boshcpi"},
+            "mbus": f"https://mbus:((mbus_bootstrap_password))@{ip}:6868",
+            "cert": "((mbus_bootstrap_ssl))",
+            "properties": {
+                cpi_job: {**cpi_properties, "agent": {"mbus": agent_mbus}},
+                "agent": {"mbus": agent_mbus},
+                "blobstore": {"provider": "local", "path": "/var/vcap/micro_bosh/data/cache"},
+            },
+        },
+        "variables": [
+            {"name": "mbus_bootstrap_password", "type": "password"},
+            {"name": "default_ca", "type": "certificate", "options": {"is_ca": True, "common_name": "ca"}},
+            {
+                "name": "mbus_bootstrap_ssl",
+                "type": "certificate",
+                "options": {"ca": "default_ca", "common_name": ip, "alternative_names": [ip]},
+            },
+        ],
+    }
+    path = tmp / f"{name}.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def delete_env(label: str, manifest_path: Path, state: Path, creds: Path) -> subprocess.CompletedProcess:
+    """`bosh delete-env`, timed; whatever it answers, the test then checks what is left."""
+    args = ["delete-env", str(manifest_path), "--state", str(state), "--vars-store", str(creds)]
+    return timed(f"delete-env ({label})", run, *args, check=False)

@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from boshcpi.dev import agentimage
 from boshcpi.dev.tools import find_tool, missing_reason
@@ -32,86 +31,24 @@ def agent_stemcell_tgz() -> Path:
 
 
 def manifest(ctx, tmp: Path, release: Path, dummy: Path, stemcell: Path, ip: str) -> Path:
-    subnet = ctx.subnet
-    doc = {
-        "name": f"e2e-{ctx.kind}",
-        "releases": [{"name": "boshcpi", "url": f"file://{release}"}, {"name": "e2e-dummy", "url": f"file://{dummy}"}],
-        "resource_pools": [
-            {
-                "name": "vms",
-                "network": "default",
-                "stemcell": {"url": f"file://{stemcell}"},
-                "cloud_properties": {"instance_type": "c1-m1", "ephemeral_disk": 1024},
-                "env": {
-                    "bosh": {
-                        "mbus": {"cert": "((mbus_bootstrap_ssl))"},
-                        "blobstores": [
-                            {"provider": "local", "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}}
-                        ],
-                        "password": "*",
-                    }
-                },
-            }
-        ],
-        "disk_pools": [{"name": "disks", "disk_size": 1024, "cloud_properties": {}}],
-        "networks": [
-            {
-                "name": "default",
-                "type": "manual",
-                "subnets": [
-                    {
-                        "range": f"{subnet}.0/24",
-                        "gateway": f"{subnet}.1",
-                        "dns": [f"{subnet}.1"],
-                        "static": [ip],
-                        "cloud_properties": {},
-                    }
-                ],
-            }
-        ],
-        "instance_groups": [
-            {
-                "name": "trivial",
-                "instances": 1,
-                "resource_pool": "vms",
-                "persistent_disk_pool": "disks",
-                "networks": [{"name": "default", "static_ips": [ip]}],
-                "jobs": [{"name": "trivial", "release": "e2e-dummy"}],
-                "properties": {"trivial": {"greeting": "hello from create-env"}},
-            }
-        ],
-        "cloud_provider": {
-            "template": {"name": "lxd_cpi", "release": "boshcpi"},
-            "mbus": f"https://mbus:((mbus_bootstrap_password))@{ip}:6868",
-            "cert": "((mbus_bootstrap_ssl))",
-            "properties": {
-                "lxd_cpi": {
-                    "server": {
-                        "type": ctx.kind,
-                        "url": ctx.config["server"]["url"],
-                        "project_name": ctx.project,
-                        "network_name": ctx.config["server"]["network_name"],
-                        "storage_pool_name": ctx.config["server"]["storage_pool_name"],
-                    },
-                    "agent": {"mbus": "https://mbus:((mbus_bootstrap_password))@0.0.0.0:6868"},
-                },
-                "agent": {"mbus": "https://mbus:((mbus_bootstrap_password))@0.0.0.0:6868"},
-                "blobstore": {"provider": "local", "path": "/var/vcap/micro_bosh/data/cache"},
-            },
-        },
-        "variables": [
-            {"name": "mbus_bootstrap_password", "type": "password"},
-            {"name": "default_ca", "type": "certificate", "options": {"is_ca": True, "common_name": "ca"}},
-            {
-                "name": "mbus_bootstrap_ssl",
-                "type": "certificate",
-                "options": {"ca": "default_ca", "common_name": ip, "alternative_names": [ip]},
-            },
-        ],
+    server = {
+        "type": ctx.kind,
+        "url": ctx.config["server"]["url"],
+        "project_name": ctx.project,
+        "network_name": ctx.config["server"]["network_name"],
+        "storage_pool_name": ctx.config["server"]["storage_pool_name"],
     }
-    path = tmp / "e2e.yml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return boshcli.manifest(
+        tmp,
+        f"e2e-{ctx.kind}",
+        (release, dummy),
+        stemcell,
+        {"instance_type": "c1-m1", "ephemeral_disk": 1024},
+        ctx.subnet,
+        ip,
+        "lxd_cpi",
+        {"server": server},
+    )
 
 
 def agent_log(ctx, state: Path) -> str:
@@ -171,17 +108,7 @@ def test_create_env_recreate_delete_env(request, kind, tmp_path, agent_stemcell_
         print(agent_log(ctx, state))
         raise
     finally:
-        boshcli.timed(
-            f"delete-env ({kind})",
-            boshcli.run,
-            "delete-env",
-            str(path),
-            "--state",
-            str(state),
-            "--vars-store",
-            str(creds),
-            check=False,
-        )
+        boshcli.delete_env(kind, path, state, creds)
     assert not state.exists()
     after = (set(ctx.instances()), set(ctx.volumes()), set(ctx.images()))
     assert after == before, f"left behind: {[a - b for a, b in zip(after, before, strict=True)]}"

@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from boshcpi.dev import agentimage
 from boshcpi.dev.tools import find_tool, missing_reason
@@ -42,82 +41,21 @@ def agent_vm_stemcell_tgz() -> Path:
 
 
 def manifest(tmp: Path, release: Path, dummy: Path, stemcell: Path, pool: str, ip: str) -> Path:
-    mbus = f"https://mbus:((mbus_bootstrap_password))@{ip}:6868"
-    doc = {
-        "name": "e2e-libvirt",
-        "releases": [{"name": "boshcpi", "url": f"file://{release}"}, {"name": "e2e-dummy", "url": f"file://{dummy}"}],
-        "resource_pools": [
-            {
-                "name": "vms",
-                "network": "default",
-                "stemcell": {"url": f"file://{stemcell}"},
-                "cloud_properties": {"cpus": 1, "memory": 1536, "ephemeral_disk": 1024},
-                "env": {
-                    "bosh": {
-                        "mbus": {"cert": "((mbus_bootstrap_ssl))"},
-                        "blobstores": [
-                            {"provider": "local", "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}}
-                        ],
-                        "password": "*",
-                    }
-                },
-            }
-        ],
-        "disk_pools": [{"name": "disks", "disk_size": 1024, "cloud_properties": {}}],
-        "networks": [
-            {
-                "name": "default",
-                "type": "manual",
-                "subnets": [
-                    {
-                        "range": f"{SUBNET}.0/24",
-                        "gateway": f"{SUBNET}.1",
-                        "dns": [f"{SUBNET}.1"],
-                        "static": [ip],
-                        "cloud_properties": {},
-                    }
-                ],
-            }
-        ],
-        "instance_groups": [
-            {
-                "name": "trivial",
-                "instances": 1,
-                "resource_pool": "vms",
-                "persistent_disk_pool": "disks",
-                "networks": [{"name": "default", "static_ips": [ip]}],
-                "jobs": [{"name": "trivial", "release": "e2e-dummy"}],
-                "properties": {"trivial": {"greeting": "hello from create-env"}},
-            }
-        ],
-        "cloud_provider": {
-            "template": {"name": "libvirt_cpi", "release": "boshcpi"},
-            "mbus": mbus,
-            "cert": "((mbus_bootstrap_ssl))",
-            "properties": {
-                "libvirt_cpi": {
-                    "libvirt": {"type": "socket", "domain_type": "qemu"},
-                    "settings": {"storage_pool_name": pool, "network_name": NETWORK},
-                    "stemcell": {"type": "ConfigDriveISO"},
-                    "agent": {"mbus": "https://mbus:((mbus_bootstrap_password))@0.0.0.0:6868"},
-                },
-                "agent": {"mbus": "https://mbus:((mbus_bootstrap_password))@0.0.0.0:6868"},
-                "blobstore": {"provider": "local", "path": "/var/vcap/micro_bosh/data/cache"},
-            },
+    return boshcli.manifest(
+        tmp,
+        "e2e-libvirt",
+        (release, dummy),
+        stemcell,
+        {"cpus": 1, "memory": 1536, "ephemeral_disk": 1024},
+        SUBNET,
+        ip,
+        "libvirt_cpi",
+        {
+            "libvirt": {"type": "socket", "domain_type": "qemu"},
+            "settings": {"storage_pool_name": pool, "network_name": NETWORK},
+            "stemcell": {"type": "ConfigDriveISO"},
         },
-        "variables": [
-            {"name": "mbus_bootstrap_password", "type": "password"},
-            {"name": "default_ca", "type": "certificate", "options": {"is_ca": True, "common_name": "ca"}},
-            {
-                "name": "mbus_bootstrap_ssl",
-                "type": "certificate",
-                "options": {"ca": "default_ca", "common_name": ip, "alternative_names": [ip]},
-            },
-        ],
-    }
-    path = tmp / "e2e-libvirt.yml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    )
 
 
 def last_report(console: Path) -> dict[str, str]:
@@ -168,17 +106,7 @@ def test_create_env_delete_env_with_the_libvirt_job(libvirt_pool, tmp_path, agen
         print(console.read_text(errors="replace")[-6000:] if console.is_file() else "(no console log)")
         raise
     finally:
-        boshcli.timed(
-            "delete-env (libvirt)",
-            boshcli.run,
-            "delete-env",
-            str(path),
-            "--state",
-            str(state),
-            "--vars-store",
-            str(creds),
-            check=False,
-        )
+        boshcli.delete_env("libvirt", path, state, creds)
     assert not state.exists()
     pool.refresh(0)
     assert set(pool.listVolumes()) == volumes_before
