@@ -5,8 +5,8 @@ create-env` runs the same CPI on the operator's machine, often as an ordinary us
 does not exist and cannot be made (cloudfoundry/bosh-cli `cloud/cpi_cmd_runner.go` runs bin/cpi there
 as whoever runs the CLI). The Go libvirt CPI's file lock sat in world-writable /var/lock and so worked
 for them; a lock must not turn into a failed call. Such calls take their locks in a folder of the
-user's own instead: processes of one user with one configured path still share it, so the limit still
-holds among them, and it is the only kind of process that could be using that path.
+user's own instead. CPI processes of one user with one configured path still share that folder, so the
+limit still holds among them; where the configured folder cannot be made, nothing else can be using it.
 """
 
 from __future__ import annotations
