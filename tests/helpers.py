@@ -15,6 +15,7 @@ BOSHCPI = [sys.executable, "-m", "boshcpi.cli"]
 
 # Every secret the suites put into configs and requests. No CPI output may ever contain one: every
 # call of every test checks its stdout and stderr.
+NO_LIBVIRT = "not run: no libvirt-python, the libvirt binding (`make venv` installs it)"
 SECRETS: set[str] = {"mbus-s3cret-pw", "blob-s3cret-pw", "env-s3cret-pw", "env-s3cret", "libvirt-s3cret", "unit-s3cret"}
 
 

@@ -22,9 +22,10 @@ import pytest
 from boshcpi.dev import agentimage
 from boshcpi.dev.tools import find_tool, missing_reason
 from tests import boshcli
+from tests.helpers import NO_LIBVIRT
 from tests.integration.test_libvirt_agent import REPORT, device_of
 
-libvirt = pytest.importorskip("libvirt", reason="libvirt-python is installed by `make venv`")
+libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
 NETWORK, SUBNET = "boshcpi-test-net", "10.245.30"

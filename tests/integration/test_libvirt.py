@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import bootimage, stemcells
-from tests.helpers import call
+from tests.helpers import NO_LIBVIRT, call
 
-libvirt = pytest.importorskip("libvirt", reason="libvirt-python is installed by `make venv`")
+libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = pytest.mark.libvirt
 
 NET = {

@@ -22,9 +22,9 @@ import pytest
 from boshcpi.dev import agentimage, stemcells
 from boshcpi.dev.tools import find_tool, missing_reason
 from tests.agentclient import Agent, mbus_cert
-from tests.helpers import call
+from tests.helpers import NO_LIBVIRT, call
 
-libvirt = pytest.importorskip("libvirt", reason="libvirt-python is installed by `make venv`")
+libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
 PASSWORD = "mbus-s3cret-pw"

@@ -6,7 +6,9 @@ import uuid
 
 import pytest
 
-libvirt = pytest.importorskip("libvirt", reason="libvirt-python is installed by `make venv`")
+from tests.helpers import NO_LIBVIRT
+
+libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 
 pytestmark = pytest.mark.libvirt
 

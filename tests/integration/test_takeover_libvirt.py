@@ -14,9 +14,9 @@ import pytest
 
 from boshcpi.dev import bootimage
 from boshcpi.dev.tools import find_tool, missing_reason
-from tests.helpers import BOSHCPI, ROOT, call
+from tests.helpers import BOSHCPI, NO_LIBVIRT, ROOT, call
 
-libvirt = pytest.importorskip("libvirt", reason="libvirt-python is installed by `make venv`")
+libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = pytest.mark.libvirt
 
 # The Go CPI's own templates, as its manifests/libvirt-qemu-vars.yml writes them (Go text/template).

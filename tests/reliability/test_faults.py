@@ -94,7 +94,7 @@ def test_daemon_restart_during_a_call(lxd, tmp_path):
     """LXD goes away in the middle of an upload: the call answers a retryable CloudError, the director's
     retry succeeds, and exactly one image results."""
     if _lxd_pid() is None:
-        pytest.skip("not run: the LXD daemon was not started by scripts/host-setup.sh (it restarts only that one)")
+        pytest.skip("not run: no LXD daemon this test may restart (only the one scripts/host-setup.sh started)")
     ctx = lxd
     big = tmp_path / "rootfs.tar"
     with open(tmp_path / "blob", "wb") as fh:
