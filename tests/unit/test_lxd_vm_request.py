@@ -65,7 +65,7 @@ class RecordingDaemon:
         self.headers.append(dict(headers or {}))
         return 200, {}, b'{"type": "sync", "metadata": {}}'
 
-    def _result(self, status, payload, wait):
+    def answer(self, status, payload, wait):
         return {}
 
     def close(self):

@@ -201,17 +201,18 @@ class _TLSSocket:
     """A TLS session over a `_socket` socket, with the recv/sendall/close `_Connection` uses."""
 
     def __init__(self, raw: Any, ctx: Any, hostname: str | None) -> None:
+        import _ssl
+
         self.raw = raw
         self.tls = ctx._wrap_socket(raw, False, hostname)
         self.tls.do_handshake()
+        self.closed_errors = (_ssl.SSLEOFError, _ssl.SSLZeroReturnError)
 
     def recv(self, n: int) -> bytes:
         try:
             return self.tls.read(n)
-        except OSError as e:
-            if type(e).__name__ in ("SSLEOFError", "SSLZeroReturnError"):
-                return b""
-            raise
+        except self.closed_errors:  # the server ended the session: an end of stream, as a socket gives
+            return b""
 
     def sendall(self, data: bytes) -> None:
         view = memoryview(data)
@@ -369,9 +370,9 @@ class LXDClient:
             data = fastjson.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
         status, _, payload = self.raw(method, path, data, hdrs, params, project)
-        return self._result(status, payload, wait)
+        return self.answer(status, payload, wait)
 
-    def _result(self, status: int, payload: bytes, wait: bool) -> Any:
+    def answer(self, status: int, payload: bytes, wait: bool) -> Any:
         try:
             doc = fastjson.loads(payload or b"{}")
         except ValueError:
@@ -437,7 +438,7 @@ class LXDClient:
 
     def get_with_etag(self, path: str) -> tuple[Any, str]:
         status, headers, payload = self.raw("GET", path)
-        return self._result(status, payload, True), headers.get("etag", "")
+        return self.answer(status, payload, True), headers.get("etag", "")
 
     # ---- files -----------------------------------------------------------------------------
     def push_file(
@@ -455,14 +456,14 @@ class LXDClient:
         status, _, payload = self.raw(
             "POST", f"/1.0/instances/{quote(instance)}/files", content, headers, {"path": path}
         )
-        self._result(status, payload, True)
+        self.answer(status, payload, True)
 
     def make_dir(self, instance: str, path: str, mode: int = 0o755) -> None:
         p = self.header_prefix
         headers = {f"{p}uid": "0", f"{p}gid": "0", f"{p}mode": f"{mode:04o}", f"{p}type": "directory"}
         status, _, payload = self.raw("POST", f"/1.0/instances/{quote(instance)}/files", b"", headers, {"path": path})
         try:
-            self._result(status, payload, True)
+            self.answer(status, payload, True)
         except LXDError as e:
             if "exists" not in e.message.lower():
                 raise
@@ -470,5 +471,5 @@ class LXDClient:
     def pull_file(self, instance: str, path: str) -> bytes:
         status, _, payload = self.raw("GET", f"/1.0/instances/{quote(instance)}/files", params={"path": path})
         if status >= 400:
-            self._result(status, payload, True)
+            self.answer(status, payload, True)
         return payload

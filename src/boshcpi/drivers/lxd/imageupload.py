@@ -117,7 +117,7 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
         log.info(f"uploading {'VM' if is_vm else 'container'} image from {spec.image_path}")
         try:
             status, _, payload = client.raw("POST", "/1.0/images", body, headers, length=body.length)
-            op = client._result(status, payload, wait=False)
+            op = client.answer(status, payload, wait=False)
             result = client.wait(op["id"], timeout) if isinstance(op, dict) and "id" in op else op
         except LXDError as e:
             # LXD/Incus keep the fingerprint in a failed upload's operation metadata ("Set the metadata

@@ -57,7 +57,7 @@ def import_block(client: LXDClient, pool: str, name: str, image: bytes, config: 
     body = backup_tarball(name, pool, image, config)
     headers = {"Content-Type": "application/octet-stream", f"{client.header_prefix}name": name}
     status, _, payload = client.raw("POST", f"/1.0/storage-pools/{quote(pool, '')}/volumes/custom", body, headers)
-    client._result(status, payload, wait=True)
+    client.answer(status, payload, wait=True)
 
 
 def import_iso(client: LXDClient, pool: str, name: str, image: bytes, description: str, target: str = "") -> None:
@@ -70,7 +70,7 @@ def import_iso(client: LXDClient, pool: str, name: str, image: bytes, descriptio
     }
     path = f"/1.0/storage-pools/{quote(pool, '')}/volumes/custom"
     status, _, payload = client.raw("POST", path, image, headers, params={"target": target})
-    client._result(status, payload, wait=True)
+    client.answer(status, payload, wait=True)
     vol = client.get(f"{path}/{quote(name, '')}")
     client.request("PUT", f"{path}/{quote(name, '')}", {"config": vol.get("config") or {}, "description": description})
 
@@ -83,7 +83,7 @@ def export_block(client: LXDClient, pool: str, name: str) -> bytes:
     try:
         status, _, payload = client.raw("GET", f"{base}/{backup}/export")
         if status >= 400:
-            client._result(status, payload, True)
+            client.answer(status, payload, True)
     finally:
         client.delete(f"{base}/{backup}")
     with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as tf:
