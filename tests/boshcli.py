@@ -17,11 +17,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
-from boshcpi.dev.tools import find_tool, missing_reason
-from tests.helpers import ROOT
+from tests.helpers import ROOT, require_tool
 
 STATE_ROOT = Path(os.environ.get("BOSHCPI_HOST_STATE", "/var/lib/boshcpi-dev"))
 BOSH_HOME = STATE_ROOT / "bosh-home"
@@ -31,9 +29,7 @@ TIMINGS: dict[str, float] = {}
 
 
 def cli() -> Path:
-    path = find_tool("bosh")
-    if path is None:
-        pytest.skip(missing_reason("bosh"))
+    path = require_tool("bosh")
     return path
 
 

@@ -64,6 +64,17 @@ class LXDContext:
             raise AssertionError(f"{self.cli} query {path} failed: {proc.stderr.strip()}")
         return json.loads(proc.stdout) if proc.stdout.strip() else None
 
+    def post(self, path: str, body: str) -> None:
+        """POST through the daemon's own client (`query` takes no --project: the path carries it)."""
+        sep = "&" if "?" in path else "?"
+        proc = subprocess.run(
+            [self.cli, "query", "-X", "POST", "-d", body, f"{path}{sep}project={self.project}"],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"{self.cli} query -X POST {path} failed: {proc.stderr.strip()}")
+
     def instances(self) -> list[str]:
         return [i["name"] for i in self.api("/1.0/instances?recursion=1")]
 

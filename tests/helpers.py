@@ -13,10 +13,40 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BOSHCPI = [sys.executable, "-m", "boshcpi.cli"]
 
+NO_LIBVIRT = "not run: no libvirt-python, the libvirt binding (`make venv` installs it)"
+
 # Every secret the suites put into configs and requests. No CPI output may ever contain one: every
 # call of every test checks its stdout and stderr.
-NO_LIBVIRT = "not run: no libvirt-python, the libvirt binding (`make venv` installs it)"
 SECRETS: set[str] = {"mbus-s3cret-pw", "blob-s3cret-pw", "env-s3cret-pw", "env-s3cret", "libvirt-s3cret", "unit-s3cret"}
+
+
+def require_tool(name: str) -> Path:
+    """A real BOSH binary from ../shared/tools (or $BOSH_CLI, PATH, ...); where there is none, the
+    test reports itself as not run with that reason."""
+    import pytest
+
+    from boshcpi.dev.tools import find_tool, missing_reason
+
+    path = find_tool(name)
+    if path is None:
+        pytest.skip(missing_reason(name))
+    return path
+
+
+def libvirt_config(pool: str, console_dir: Path, agent_config_type: str, mbus: str) -> dict[str, Any]:
+    """A libvirt CPI config for this host's test network, on this run's pool, software-emulated."""
+    return {
+        "driver": "libvirt",
+        "libvirt": {
+            "uri": "qemu:///system",
+            "domain_type": "qemu",
+            "storage_pool_name": pool,
+            "network_name": "boshcpi-test-net",
+            "console_log_dir": str(console_dir),
+        },
+        "agent": {"mbus": mbus},
+        "agent_config": {"type": agent_config_type},
+    }
 
 
 @dataclass

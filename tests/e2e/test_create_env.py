@@ -16,17 +16,15 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import agentimage
-from boshcpi.dev.tools import find_tool, missing_reason
 from tests import boshcli
+from tests.helpers import require_tool
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def agent_stemcell_tgz() -> Path:
-    agent = find_tool("bosh-agent")
-    if agent is None:
-        pytest.skip(missing_reason("bosh-agent"))
+    agent = require_tool("bosh-agent")
     return agentimage.stemcell_tarball(agentimage.container_stemcell(agent))
 
 

@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import agentimage
-from boshcpi.dev.tools import find_tool, missing_reason
 from tests import boshcli
-from tests.helpers import NO_LIBVIRT
+from tests.helpers import NO_LIBVIRT, require_tool
 from tests.integration.test_libvirt_agent import REPORT, device_of
 
 libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
@@ -35,9 +34,7 @@ CONSOLE_DIR = Path("/var/log/libvirt/qemu")
 
 @pytest.fixture(scope="module")
 def agent_vm_stemcell_tgz() -> Path:
-    agent = find_tool("bosh-agent")
-    if agent is None:
-        pytest.skip(missing_reason("bosh-agent"))
+    agent = require_tool("bosh-agent")
     return agentimage.stemcell_tarball(agentimage.vm_stemcell(agent))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import bootimage, stemcells
-from tests.helpers import NO_LIBVIRT, call
+from tests.helpers import NO_LIBVIRT, call, libvirt_config
 
 libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = pytest.mark.libvirt
@@ -37,18 +37,7 @@ class Ctx:
         self.tmp = tmp
         self.pool = pool
         self.console_dir = tmp / "console"
-        self.config = {
-            "driver": "libvirt",
-            "libvirt": {
-                "uri": "qemu:///system",
-                "domain_type": "qemu",
-                "storage_pool_name": pool,
-                "network_name": "boshcpi-test-net",
-                "console_log_dir": str(self.console_dir),
-            },
-            "agent": {"mbus": "nats://n:libvirt-s3cret@10.245.30.11:4222", "ntp": []},
-            "agent_config": {"type": kind},
-        }
+        self.config = libvirt_config(pool, self.console_dir, kind, "nats://n:libvirt-s3cret@10.245.30.11:4222")
         self.path = tmp / f"cpi-{kind}.json"
         self.path.write_text(json.dumps(self.config))
         self.conn = libvirt.open("qemu:///system")

@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import agentimage, stemcells
-from boshcpi.dev.tools import find_tool, missing_reason
 from tests.agentclient import Agent, mbus_cert
-from tests.helpers import NO_LIBVIRT, call
+from tests.helpers import NO_LIBVIRT, call, libvirt_config, require_tool
 
 libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
@@ -33,9 +32,7 @@ REPORT = "BOSHCPI-REPORT "
 
 @pytest.fixture(scope="module")
 def agent_vm_stemcell() -> Path:
-    agent = find_tool("bosh-agent")
-    if agent is None:
-        pytest.skip(missing_reason("bosh-agent"))
+    agent = require_tool("bosh-agent")
     return agentimage.vm_stemcell(agent)
 
 
@@ -45,22 +42,8 @@ class Guest:
         self.console_dir = tmp / "console"
         self.ip = f"10.245.30.{100 + uuid.uuid4().int % 100}"
         self.config = tmp / f"cpi-{kind}.json"
-        self.config.write_text(
-            json.dumps(
-                {
-                    "driver": "libvirt",
-                    "libvirt": {
-                        "uri": "qemu:///system",
-                        "domain_type": "qemu",
-                        "storage_pool_name": pool,
-                        "network_name": "boshcpi-test-net",
-                        "console_log_dir": str(self.console_dir),
-                    },
-                    "agent": {"mbus": f"https://mbus:{PASSWORD}@0.0.0.0:6868"},
-                    "agent_config": {"type": kind},
-                }
-            )
-        )
+        mbus = f"https://mbus:{PASSWORD}@0.0.0.0:6868"
+        self.config.write_text(json.dumps(libvirt_config(pool, self.console_dir, kind, mbus)))
         self.cert = mbus_cert(tmp, self.ip)
         self.agent = Agent(self.ip, PASSWORD, self.cert["ca"])
         self.vm = ""

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import bootimage
-from boshcpi.dev.tools import find_tool, missing_reason
-from tests.helpers import BOSHCPI, NO_LIBVIRT, ROOT, call
+from tests.helpers import BOSHCPI, NO_LIBVIRT, ROOT, call, require_tool
 
 libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = pytest.mark.libvirt
@@ -64,9 +63,7 @@ NET = {
 
 @pytest.fixture(scope="module")
 def go_cpi():
-    path = find_tool("go-libvirt-cpi")
-    if path is None:
-        pytest.skip(missing_reason("go-libvirt-cpi"))
+    path = require_tool("go-libvirt-cpi")
     return path
 
 

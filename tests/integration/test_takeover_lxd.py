@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from boshcpi.agent import iso9660
-from boshcpi.dev.tools import find_tool, missing_reason
 from boshcpi.drivers.lxd.hostinit import generate_cert
-from tests.helpers import SECRETS
+from tests.helpers import SECRETS, require_tool
 
 POOL = "boshcpi-btrfs"
 HTTPS = {"lxd": "https://127.0.0.1:8443", "incus": "https://127.0.0.1:8444"}
@@ -25,9 +24,7 @@ HTTPS = {"lxd": "https://127.0.0.1:8443", "incus": "https://127.0.0.1:8444"}
 
 @pytest.fixture(scope="module")
 def go_cpi():
-    path = find_tool("go-lxd-cpi")
-    if path is None:
-        pytest.skip(missing_reason("go-lxd-cpi"))
+    path = require_tool("go-lxd-cpi")
     return path
 
 

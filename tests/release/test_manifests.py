@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from boshcpi.dev.tools import find_tool, missing_reason
+from tests.helpers import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
@@ -21,9 +21,7 @@ VARS = ROOT / "manifests/bosh-vars.yml"
 
 
 def bosh_int(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    bosh = find_tool("bosh")
-    if bosh is None:
-        pytest.skip(missing_reason("bosh"))
+    bosh = require_tool("bosh")
     proc = subprocess.run([str(bosh), "interpolate", *args], capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, proc.stderr + proc.stdout

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from boshcpi import config
-from boshcpi.dev.tools import find_tool, missing_reason
+from tests.helpers import require_tool
 from tests.release import renderer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,9 +22,7 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="module")
 def script(tmp_path_factory) -> Path:
-    bosh = find_tool("bosh")
-    if bosh is None:
-        pytest.skip(missing_reason("bosh"))
+    bosh = require_tool("bosh")
     if not shutil.which("ruby"):
         pytest.skip("not run: no ruby (the bosh CLI's renderer needs it; `make host` installs it)")
     return renderer.extract(bosh, tmp_path_factory.mktemp("erb") / "erb_renderer.rb")

@@ -39,33 +39,9 @@ def test_cids_reach_only_what_boshcpi_made(daemon, lxd_stemcell_for):
     foreign = [f"vol-e-{UUID}", f"vol-c-{UUID}-abcdef", "vol-e-beef", "operator-data"]
     for name in foreign:
         foreign_volume(ctx, name)
-    subprocess.run(
-        [
-            ctx.cli,
-            "query",
-            "-X",
-            "POST",
-            "-d",
-            '{"name": "keep"}',
-            f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/operator-data/snapshots?project={ctx.project}",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    ctx.post("/1.0/storage-pools/boshcpi-btrfs/volumes/custom/operator-data/snapshots", '{"name": "keep"}')
     vm, _ = ctx.call("create_vm", "agent-s1", sc, {}, network(ctx, 81), [], {}).ok()
-    subprocess.run(
-        [
-            ctx.cli,
-            "query",
-            "-X",
-            "POST",
-            "-d",
-            '{"name": "s0"}',
-            f"/1.0/instances/{vm}/snapshots?project={ctx.project}",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    ctx.post(f"/1.0/instances/{vm}/snapshots", '{"name": "s0"}')
     disk = ctx.call("create_disk", 16, {}, None).ok()
     snap = ctx.call("snapshot_disk", disk, {}).ok()
     snap_name = snap.split("@", 1)[1]
