@@ -33,6 +33,20 @@ def require_tool(name: str) -> Path:
     return path
 
 
+def go_call(binary: Path, config: Path, method: str, *args: Any) -> Any:
+    """One call of a real Go CPI (../shared/tools), as the director makes it; its error fails the test."""
+    request = {"method": method, "arguments": list(args), "context": {"director_uuid": "go"}, "api_version": 2}
+    proc = subprocess.run(
+        [str(binary), "-configPath", str(config), "-logLevel", "ERROR"],
+        input=json.dumps(request).encode(),
+        capture_output=True,
+        timeout=600,
+    )
+    doc = json.loads(proc.stdout)
+    assert doc["error"] is None, f"Go CPI {method}: {doc['error']}\n{proc.stderr.decode()[-2000:]}"
+    return doc["result"]
+
+
 def libvirt_config(pool: str, console_dir: Path, agent_config_type: str, mbus: str) -> dict[str, Any]:
     """A libvirt CPI config for this host's test network, on this run's pool, software-emulated."""
     return {

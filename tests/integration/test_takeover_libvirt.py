@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import bootimage
-from tests.helpers import BOSHCPI, NO_LIBVIRT, ROOT, call, require_tool
+from tests.helpers import BOSHCPI, NO_LIBVIRT, ROOT, call, go_call, require_tool
 
 libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = pytest.mark.libvirt
@@ -103,16 +103,7 @@ class Go:
         )
 
     def call(self, method: str, *args):
-        request = {"method": method, "arguments": list(args), "context": {"director_uuid": "go"}, "api_version": 2}
-        proc = subprocess.run(
-            [str(self.binary), "-configPath", str(self.config), "-logLevel", "ERROR"],
-            input=json.dumps(request).encode(),
-            capture_output=True,
-            timeout=600,
-        )
-        doc = json.loads(proc.stdout)
-        assert doc["error"] is None, f"Go CPI {method}: {doc['error']}\n{proc.stderr.decode()[-2000:]}"
-        return doc["result"]
+        return go_call(self.binary, self.config, method, *args)
 
 
 def test_takeover_of_a_go_libvirt_deployment(libvirt_pool, go_cpi, go_stemcell, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 from boshcpi.agent import iso9660
 from boshcpi.drivers.lxd.hostinit import generate_cert
-from tests.helpers import SECRETS, require_tool
+from tests.helpers import SECRETS, go_call, require_tool
 
 POOL = "boshcpi-btrfs"
 HTTPS = {"lxd": "https://127.0.0.1:8443", "incus": "https://127.0.0.1:8444"}
@@ -86,16 +86,7 @@ class Go:
         )
 
     def call(self, method: str, *args):
-        request = {"method": method, "arguments": list(args), "context": {"director_uuid": "go"}, "api_version": 2}
-        proc = subprocess.run(
-            [str(self.binary), "-configPath", str(self.config), "-logLevel", "ERROR"],
-            input=json.dumps(request).encode(),
-            capture_output=True,
-            timeout=600,
-        )
-        doc = json.loads(proc.stdout)
-        assert doc["error"] is None, f"Go CPI {method}: {doc['error']}\n{proc.stderr.decode()[-2000:]}"
-        return doc["result"]
+        return go_call(self.binary, self.config, method, *args)
 
 
 @pytest.fixture(params=["lxd", "incus"])
