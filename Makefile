@@ -16,7 +16,7 @@ host:
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "boshcpi needs Python 3.11+"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,libvirt]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
 # Bytecode ahead of time: the CPI starts once per call, and where PYTHONDONTWRITEBYTECODE is set

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from boshcpi.dev import stemcells
-from tests.helpers import NO_LIBVIRT, Response, call
+from tests.helpers import Response, call
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 RUN_ID = uuid.uuid4().hex[:6]
@@ -206,7 +206,8 @@ def lxd_stemcell(lxd, test_stemcells):
 def libvirt_pool():
     """A libvirt storage pool of this run's own (a dir pool), so every "nothing left" check counts
     only what this run made; at the end, domains using it and its volumes go with it."""
-    libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
+    from boshcpi.drivers.libvirt import remote as libvirt
+
     conn = libvirt.open("qemu:///system")
     name = f"boshcpi-t{RUN_ID}"
     path = Path("/var/lib/boshcpi-dev/libvirt-pools") / name

@@ -13,7 +13,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BOSHCPI = [sys.executable, "-m", "boshcpi.cli"]
 
-NO_LIBVIRT = "not run: no libvirt-python, the libvirt binding (`make venv` installs it)"
 
 # Every secret the suites put into configs and requests. No CPI output may ever contain one: every
 # call of every test checks its stdout and stderr.

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import agentimage
+from boshcpi.drivers.libvirt import remote as libvirt
 from tests import boshcli
-from tests.helpers import NO_LIBVIRT, require_tool
+from tests.helpers import require_tool
 from tests.integration.test_libvirt_agent import REPORT, device_of
 
-libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
 NETWORK, SUBNET = "boshcpi-test-net", "10.245.30"

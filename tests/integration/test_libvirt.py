@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import bootimage, stemcells
-from tests.helpers import NO_LIBVIRT, call, libvirt_config
+from boshcpi.drivers.libvirt import remote as libvirt
+from tests.helpers import call, libvirt_config
 
-libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = pytest.mark.libvirt
 
 NET = {

@@ -21,9 +21,8 @@ import pytest
 
 from boshcpi.dev import agentimage, stemcells
 from tests.agentclient import Agent, mbus_cert
-from tests.helpers import NO_LIBVIRT, call, libvirt_config, require_tool
+from tests.helpers import call, libvirt_config, require_tool
 
-libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
 PASSWORD = "mbus-s3cret-pw"

@@ -6,9 +6,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import NO_LIBVIRT
-
-libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
+from boshcpi.drivers.libvirt import remote as libvirt
 
 pytestmark = pytest.mark.libvirt
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import bootimage
-from tests.helpers import BOSHCPI, NO_LIBVIRT, ROOT, call, go_call, require_tool
+from boshcpi.drivers.libvirt import remote as libvirt
+from tests.helpers import BOSHCPI, ROOT, call, go_call, require_tool
 
-libvirt = pytest.importorskip("libvirt", reason=NO_LIBVIRT)
 pytestmark = pytest.mark.libvirt
 
 # The Go CPI's own templates, as its manifests/libvirt-qemu-vars.yml writes them (Go text/template).

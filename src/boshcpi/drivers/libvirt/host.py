@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 from boshcpi import ids, log
 from boshcpi.drivers.libvirt import domain as dom_xml
-from boshcpi.drivers.libvirt import naming
+from boshcpi.drivers.libvirt import naming, remote
 from boshcpi.protocol import BoshError, CloudError, NoDiskSpace, VMNotFound
 
 TYPE_CHECKING = False
@@ -22,22 +22,13 @@ CHUNK = 1 << 20
 MiB = 1 << 20
 
 
-def load_libvirt() -> Any:
-    try:
-        import libvirt
-    except ImportError:
-        raise CloudError("the libvirt driver needs libvirt-python (pip install 'boshcpi[libvirt]')") from None
-    libvirt.registerErrorHandler(lambda *_: None, None)  # no stderr noise; errors come as exceptions
-    return libvirt
-
-
 class LibvirtHost:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.lc = cfg.libvirt
         self._conn: Any = None
         self._pool: Any = None
-        self.lv: Any = None
+        self.lv = remote
 
     # ---- connection -------------------------------------------------------------------------
     @property
@@ -50,36 +41,18 @@ class LibvirtHost:
     @property
     def conn(self) -> Any:
         if self._conn is None:
-            self.lv = load_libvirt()
-            uri = self.lc.uri
-            tmp = None
             try:
-                if self.lc.tls_client_cert:
-                    import tempfile
-
-                    # libvirt reads TLS files from a pkipath directory at connect time only.
-                    tmp = tempfile.TemporaryDirectory(prefix="boshcpi-pki-")
-                    for name, text in (
-                        ("cacert.pem", self.lc.tls_ca_cert),
-                        ("clientcert.pem", self.lc.tls_client_cert),
-                        ("clientkey.pem", self.lc.tls_client_key),
-                    ):
-                        if text:
-                            fd = os.open(os.path.join(tmp.name, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                            with os.fdopen(fd, "w") as fh:
-                                fh.write(text)
-                    uri += ("&" if "?" in uri else "?") + "pkipath=" + tmp.name
-                self._conn = self.lv.open(uri)
-            except self.lv.libvirtError as e:
-                msg = e.get_error_message() or ""
-                # A certificate that does not verify stays that way: not worth a retry.
-                permanent = "certificate" in msg.lower() or "authentication" in msg.lower()
+                self._conn = remote.open(
+                    self.lc.uri,
+                    client_cert=self.lc.tls_client_cert,
+                    client_key=self.lc.tls_client_key,
+                    ca_cert=self.lc.tls_ca_cert,
+                )
+            except remote.libvirtError as e:
+                # A certificate that does not verify, or an authentication refused, stays that way.
                 raise CloudError(
-                    f"cannot connect to libvirt at {self.lc.uri}: {msg}", ok_to_retry=not permanent
+                    f"cannot connect to libvirt at {self.lc.uri}: {e.message}", ok_to_retry=not e.permanent
                 ) from None
-            finally:
-                if tmp is not None:
-                    tmp.cleanup()
         return self._conn
 
     def close(self) -> None:

@@ -7,11 +7,9 @@ one place (`errors.py`).
 
 from __future__ import annotations
 
-import _socket
-import os
 import time
 
-from boshcpi import fastjson, log
+from boshcpi import fastjson, log, transport
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -163,67 +161,6 @@ class _Connection:
         return status, resp_headers, payload
 
 
-def _tls_context(client_cert: str, client_key: str, server_cert: str, insecure: bool) -> Any:
-    """A TLS client context on `_ssl` itself: `import ssl` pulls in socket, selectors, enum and more
-    (about 10 ms a call). The client key is loaded from an anonymous in-memory file (memfd): it never
-    touches a disk, and no `tempfile` import is paid."""
-    import _ssl
-
-    ctx = _ssl._SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = _ssl.PROTO_TLSv1_2
-    ctx.options |= _ssl.OP_NO_COMPRESSION
-    if insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = _ssl.CERT_NONE
-    elif server_cert:
-        # LXD's certificate is self-signed: trust exactly it (the host may be an IP not in the cert).
-        ctx.check_hostname = False
-        ctx.load_verify_locations(None, None, server_cert)
-    else:
-        ctx.set_default_verify_paths()
-    if client_cert:
-        fd = os.memfd_create("boshcpi-tls", 0)
-        try:
-            os.write(fd, (client_cert.rstrip("\n") + "\n" + client_key).encode())
-            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-    return ctx
-
-
-class _WeakSocket(_socket.socket):
-    """`_ssl` keeps a weak reference to its socket, which the bare C type does not allow."""
-
-    __slots__ = ("__weakref__",)
-
-
-class _TLSSocket:
-    """A TLS session over a `_socket` socket, with the recv/sendall/close `_Connection` uses."""
-
-    def __init__(self, raw: Any, ctx: Any, hostname: str | None) -> None:
-        import _ssl
-
-        self.raw = raw
-        self.tls = ctx._wrap_socket(raw, False, hostname)
-        self.tls.do_handshake()
-        self.closed_errors = (_ssl.SSLEOFError, _ssl.SSLZeroReturnError)
-
-    def recv(self, n: int) -> bytes:
-        try:
-            return self.tls.read(n)
-        except self.closed_errors:  # the server ended the session: an end of stream, as a socket gives
-            return b""
-
-    def sendall(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            sent = self.tls.write(view)
-            view = view[sent:]
-
-    def close(self) -> None:
-        self.raw.close()
-
-
 class LXDClient:
     """One connection to one daemon, kept alive for the life of a CPI call."""
 
@@ -253,34 +190,12 @@ class LXDClient:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         if self.url.startswith("unix://"):
-            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-            sock.settimeout(90)
-            try:
-                sock.connect(self.url[len("unix://") :])
-            except OSError:
-                sock.close()
-                raise
+            sock = transport.unix(self.url[len("unix://") :])
         elif self.url.startswith("https://"):
-            hostport = self.url[len("https://") :].split("/", 1)[0]
-            if hostport.startswith("["):
-                host, _, port = hostport[1:].partition("]:")
-            else:
-                host, _, port = hostport.partition(":")
-            # A str host makes getaddrinfo encode it with the "idna" codec, whose import (re, enum,
-            # functools) costs ~10 ms a call; config.py already allows only ASCII host names.
-            family, _, _, _, addr = _socket.getaddrinfo(
-                host.encode("ascii"), int(port or 8443), 0, _socket.SOCK_STREAM
-            )[0]
-            raw = _WeakSocket(family, _socket.SOCK_STREAM)
-            raw.settimeout(90)
-            try:
-                raw.connect(addr)
-                ctx = _tls_context(*self._tls)
-                # A pinned or skipped certificate needs no name check: no SNI, no IDNA codec import.
-                sock = _TLSSocket(raw, ctx, host if ctx.check_hostname else None)
-            except BaseException:
-                raw.close()
-                raise
+            host, port = transport.split_hostport(self.url[len("https://") :].split("/", 1)[0], 8443)
+            client_cert, client_key, server_cert, insecure = self._tls
+            ctx = transport.tls_context(client_cert, client_key, server_cert=server_cert, insecure=insecure)
+            sock = transport.tls(host, port, ctx)
         else:
             raise LXDError(0, f"unsupported URL {self.url!r}")
         self._conn = _Connection(sock)
@@ -339,7 +254,7 @@ class LXDClient:
                 return conn.request(method, full, hdrs, body, length)
             except OSError as e:  # ConnectionError, timeouts, ssl.SSLError are all OSError
                 self.close()
-                if type(e).__name__ == "SSLCertVerificationError" or "CERTIFICATE_VERIFY_FAILED" in str(e):
+                if transport.verify_failed(e):
                     raise LXDError(
                         0,
                         f"cannot reach {self.url}: the server's certificate does not verify ({e}); trust it with "
