@@ -144,9 +144,10 @@ class DiskImage:
             sent += len(data)
             yield data
 
-    def write_sparse(self, dest: str, ceiling: int) -> None:
+    def write_sparse(self, dest: str, ceiling: int, cluster: int = 1 << 16) -> list[int]:
         """Write a raw image to `dest` without allocating its zero blocks, refusing images above
-        `ceiling` bytes and stopping cleanly when the folder fills up."""
+        `ceiling` bytes and stopping cleanly when the folder fills up. Returns the indexes of the
+        `cluster`-sized pieces that hold anything but zeros (what a qcow2 image must carry)."""
         if self.size > ceiling:
             raise CpiError(
                 f"create_stemcell: root.img is {self.size >> 20} MiB, above the limit of {ceiling >> 20} MiB "
@@ -154,21 +155,38 @@ class DiskImage:
             )
         st = os.statvfs(os.path.dirname(dest) or ".")
         free = st.f_bavail * st.f_frsize
-        zero = bytes(CHUNK)
+        zero = bytes(max(CHUNK, cluster))
         written = 0
+        nonzero: list[int] = []
+        pos = 0
         with open(dest, "wb") as out:
             for chunk in self.chunks():
                 if chunk == zero[: len(chunk)]:
                     out.seek(len(chunk), os.SEEK_CUR)
-                else:
-                    written += len(chunk)
-                    if written > free:
-                        raise CpiError(
-                            f"create_stemcell: root.img needs more than the {free >> 20} MiB free in "
-                            f"{os.path.dirname(dest)} (set BOSHCPI_TMPDIR to a bigger folder)"
-                        )
-                    out.write(chunk)
+                    pos += len(chunk)
+                    continue
+                view = memoryview(chunk)
+                while view:
+                    # Pieces end on cluster boundaries of the whole image, wherever the chunk starts.
+                    n = min(len(view), cluster - pos % cluster)
+                    piece = view[:n]
+                    if piece == zero[:n]:
+                        out.seek(n, os.SEEK_CUR)
+                    else:
+                        written += n
+                        if written > free:
+                            raise CpiError(
+                                f"create_stemcell: root.img needs more than the {free >> 20} MiB free in "
+                                f"{os.path.dirname(dest)} (set BOSHCPI_TMPDIR to a bigger folder)"
+                            )
+                        out.write(piece)
+                        index = pos // cluster
+                        if not nonzero or nonzero[-1] != index:
+                            nonzero.append(index)
+                    pos += n
+                    view = view[n:]
             out.truncate(self.size)
+        return nonzero
 
     def close(self) -> None:
         try:

@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
-from boshcpi import log, stemcell
+from boshcpi import log, qcow2, stemcell
 from boshcpi.cloud import StemcellSpec
 from boshcpi.drivers.lxd.client import LXDClient, LXDError, urlencode
 from boshcpi.drivers.lxd.errors import to_bosh
@@ -83,12 +83,13 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
 
     Container images stream straight from the stemcell file. A qcow2 root.img streams straight out of
     the gzipped image tarball into the upload (no temporary copy); a raw one is written sparse to a
-    temporary folder and converted to the qcow2 LXD wants."""
+    temporary folder and streamed out as the qcow2 LXD wants."""
     stemcell.check_image_path(spec.image_path)
     is_vm = _kind(spec) == "vm"
     meta = stemcell.metadata_tarball(_metadata_yaml(spec, is_vm))
     tmpdir = None
     disk = None
+    raw_fh = None
     # What the rootfs part holds, readable again for the rare duplicate whose fingerprint the daemon
     # no longer reports.
     replay: Callable[[], Iterator[bytes]] = lambda: stemcell.file_chunks(spec.image_path)  # noqa: E731
@@ -103,11 +104,15 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
             else:
                 tmpdir = tempfile.mkdtemp(prefix="boshcpi-stemcell-", dir=os.environ.get("BOSHCPI_TMPDIR"))
                 raw = os.path.join(tmpdir, "root.img")
-                disk.write_sparse(raw, max_image)
+                nonzero = disk.write_sparse(raw, max_image, qcow2.CLUSTER)
                 disk.close()
-                qcow2 = _to_qcow2(raw)
-                body = Multipart(meta, "rootfs.img", os.path.getsize(qcow2), stemcell.file_chunks(qcow2))
-                replay = lambda: stemcell.file_chunks(qcow2)  # noqa: E731
+                # LXD/Incus VM images carry qcow2: the raw image streams out as one, written here
+                # (qcow2.py), so no qemu-img is needed and no second copy is made.
+                raw_fh = open(raw, "rb")  # noqa: SIM115 (closed in the finally below)
+                read = lambda offset, n: os.pread(raw_fh.fileno(), n, offset)  # noqa: E731
+                length, chunks = qcow2.stream(disk.size, nonzero, read)
+                body = Multipart(meta, "rootfs.img", length, chunks)
+                replay = lambda: qcow2.stream(disk.size, nonzero, read)[1]  # noqa: E731
         # Upload straight away (no separate pass over a multi-GB image);
         # LXD refuses an image it already holds by fingerprint, and then that image is reused.
         headers = {
@@ -136,6 +141,8 @@ def upload(client: LXDClient, spec: StemcellSpec, timeout: float, max_image: int
     finally:
         if disk is not None:
             disk.close()
+        if raw_fh is not None:
+            raw_fh.close()
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -153,18 +160,3 @@ def _fingerprint(meta: bytes, rootfs: Iterator[bytes]) -> str:
     for chunk in rootfs:
         digest.update(chunk)
     return digest.hexdigest()
-
-
-def _to_qcow2(raw_path: str) -> str:
-    """LXD VM images carry qcow2; convert a raw root.img (needs qemu-img)."""
-    import subprocess
-
-    out = raw_path + ".qcow2"
-    qemu_img = shutil.which("qemu-img")
-    if not qemu_img:
-        raise CpiError("create_stemcell: raw VM images need qemu-img (package qemu-utils) to become qcow2")
-    proc = subprocess.run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", raw_path, out], capture_output=True)
-    if proc.returncode != 0:
-        raise CloudError(f"create_stemcell: qemu-img convert failed: {proc.stderr.decode(errors='replace')[:300]}")
-    os.unlink(raw_path)
-    return out
