@@ -45,7 +45,7 @@ bench: host venv compile
 	$(PY) bench/run.py --daemon $(DRIVER)
 	$(PY) bench/report.py
 
-# A deployable dev release tarball (dist/boshcpi-dev.tgz): CPython source blob, libvirt-python wheel,
+# A deployable dev release tarball (dist/boshcpi-dev.tgz): the CPython source blob and
 # `bosh create-release`. Idempotent; blobs are cached under .cache/release.
 release: host venv
 	PYTHON=$(PY) bash scripts/release.sh

@@ -3,9 +3,7 @@
 #
 #   1. the CPython source blob: $PYTHON_TARBALL if set (e.g. python.org's Python-3.11.x.tgz), else the
 #      upstream tarball from Debian's source archive (`apt-get source --download-only python3.11`);
-#   2. the libvirt-python wheel, built from its PyPI sdist against Debian's libvirt-dev, for the
-#      libvirt_cpi job (package `libvirt-python`);
-#   3. `bosh create-release --force --tarball` in a scratch copy of the release tree, so the clone's
+#   2. `bosh create-release --force --tarball` in a scratch copy of the release tree, so the clone's
 #      config/blobs.yml stays untouched.
 #
 # Idempotent: blobs are cached under .cache/release (ignored by git); the tarball goes to
@@ -65,28 +63,10 @@ python_blob() {
   echo "$CACHE/Python-$version.tgz"
 }
 
-# ---- 2. libvirt-python wheel ---------------------------------------------------------------
-libvirt_wheel() {
-  local have
-  have=$(ls "$CACHE"/wheels/libvirt_python-*-cp311-*.whl 2>/dev/null | head -n1 || true)
-  if [ -n "$have" ]; then echo "$have"; return; fi
-  "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "the wheel must match the release python (3.11)"' \
-    || { say "build the wheel with a Python 3.11 interpreter: PYTHON=python3.11 make release"; exit 1; }
-  pkg-config --exists libvirt || { say "libvirt-dev is missing (apt-get install libvirt-dev pkg-config)"; exit 1; }
-  local version; version=$(pkg-config --modversion libvirt)
-  mkdir -p "$CACHE/wheels"
-  # The binding's version follows libvirt's; one not newer than the headers builds against them.
-  local spec="libvirt-python<=$version.99"
-  say "building $spec from its sdist against libvirt $version"
-  "$PYTHON" -m pip wheel -q --no-deps --no-binary libvirt-python -w "$CACHE/wheels" "$spec" >&2
-  ls "$CACHE"/wheels/libvirt_python-*-cp311-*.whl | head -n1
-}
-
 PY_TGZ=$(python_blob)
-WHEEL=$(libvirt_wheel)
-say "python source: $(basename "$PY_TGZ"); libvirt wheel: $(basename "$WHEEL")"
+say "python source: $(basename "$PY_TGZ")"
 
-# ---- 3. create-release in a scratch copy -------------------------------------------------------
+# ---- 2. create-release in a scratch copy -------------------------------------------------------
 TREE="$CACHE/tree"
 rm -rf "$TREE"
 mkdir -p "$TREE"
@@ -98,7 +78,6 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 export HOME=${BOSHCPI_BOSH_HOME:-$CACHE/home}
 mkdir -p "$HOME"
 "$BOSH" add-blob --dir "$TREE" "$PY_TGZ" "python3/$(basename "$PY_TGZ")" >/dev/null
-"$BOSH" add-blob --dir "$TREE" "$WHEEL" "libvirt-python/$(basename "$WHEEL")" >/dev/null
 start=$(date +%s)
 "$BOSH" create-release --dir "$TREE" --force --name boshcpi --version "0+dev.$rev.$(date +%s)" \
   --tarball "$TARBALL" >&2

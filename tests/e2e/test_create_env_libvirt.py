@@ -5,8 +5,8 @@ it is left in libvirt or on this machine.
 
 The manifest is written the way an operator of the Go libvirt CPI writes one (a2geek/libvirt-bosh-cpi
 libvirt-cpi.yml: `libvirt.type: socket`, `settings.*`, `stemcell.*`), with every other property at its
-default, the console log folder included. The CLI does the rest: it compiles the packages (the
-libvirt-python wheel into the CPython the boshcpi package built), renders the job with its own ERB
+default, the console log folder included. The CLI does the rest: it compiles the packages (CPython and
+boshcpi, whose libvirt client is its own), renders the job with its own ERB
 renderer, runs bin/cpi, waits for the agent over its HTTPS mbus, mounts the disk through it and starts
 the job. The guest's own report on its serial console says which disk holds /var/vcap/store."""
 

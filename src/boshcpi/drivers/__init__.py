@@ -23,12 +23,6 @@ if TYPE_CHECKING:
 
 PACKAGES = {"lxd": "boshcpi.drivers.lxd", "libvirt": "boshcpi.drivers.libvirt"}
 
-STEMCELL_FORMATS = {
-    # VM stemcells (OpenStack-style root.img) and warden-style root filesystem tarballs.
-    "lxd": ("openstack-qcow2", "openstack-raw", "warden-tgz", "general-tar"),
-    "libvirt": ("openstack-qcow2", "openstack-raw"),
-}
-
 
 class InfoCloud(Cloud):
     """Answers `info` without touching the IaaS."""
@@ -47,7 +41,9 @@ def make_cloud(cfg: Config, request: Request | None = None) -> Cloud:
     if request is not None and request.method == "info":
         # The Go libvirt CPI's `stemcell.formats` property names what info reports.
         custom = cfg.libvirt.stemcell_formats if cfg.driver == "libvirt" else []
-        return InfoCloud(tuple(custom) or STEMCELL_FORMATS[cfg.driver])
+        # Each driver declares its formats in its package's __init__, which imports nothing.
+        driver = __import__(PACKAGES[cfg.driver], fromlist=["STEMCELL_FORMATS"])
+        return InfoCloud(tuple(custom) or driver.STEMCELL_FORMATS)
     if cfg.driver == "libvirt":
         from boshcpi.drivers.libvirt.cloud import LibvirtCloud
 

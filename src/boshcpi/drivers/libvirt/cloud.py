@@ -12,8 +12,7 @@ import xml.etree.ElementTree as ET
 from boshcpi import ids, log
 from boshcpi.agent import settings as agent_settings
 from boshcpi.cloud import Cloud, parse_vm_size
-from boshcpi.drivers import STEMCELL_FORMATS
-from boshcpi.drivers.libvirt import configdrive, naming
+from boshcpi.drivers.libvirt import STEMCELL_FORMATS, configdrive, naming
 from boshcpi.drivers.libvirt import domain as dom_xml
 from boshcpi.drivers.libvirt.host import LibvirtHost, MiB
 from boshcpi.faults import fail_point
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
 
 
 class LibvirtCloud(Cloud):
-    stemcell_formats = STEMCELL_FORMATS["libvirt"]
+    stemcell_formats = STEMCELL_FORMATS
 
     def __init__(self, cfg: Config, request: Request | None = None) -> None:
         self.cfg = cfg

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from boshcpi import ids, log
 from boshcpi.cloud import Cloud, parse_vm_size
-from boshcpi.drivers import STEMCELL_FORMATS
-from boshcpi.drivers.lxd import naming
+from boshcpi.drivers.lxd import STEMCELL_FORMATS, naming
 from boshcpi.drivers.lxd.client import LXDError
 from boshcpi.drivers.lxd.errors import mapped, to_bosh
 from boshcpi.drivers.lxd.host import META, LXDHost, as_str, instance_path
@@ -34,7 +33,7 @@ SAFE_DEVICE_TYPES = ("nic", "disk", "tpm")
 
 
 class LXDCloud(Cloud):
-    stemcell_formats = STEMCELL_FORMATS["lxd"]
+    stemcell_formats = STEMCELL_FORMATS
 
     def __init__(self, cfg: Config, request: Request | None = None) -> None:
         self.cfg = cfg
