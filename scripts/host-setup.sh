@@ -83,22 +83,76 @@ start_incus() {
   incus admin waitready --timeout=60
 }
 
+# libvirtd listens on the unix socket and, for the tests of a director VM that reaches it over the
+# network (TCP with auth_tcp "none", as the Go libvirt CPI expects, and TLS with client certificates),
+# on the LXD test bridge's address only: nothing outside this machine's test bridges can reach it.
+LIBVIRT_LISTEN=10.245.10.1
+LIBVIRT_PKI=$STATE_DIR/libvirt-pki
+
+libvirt_pki() {
+  # A CA, libvirtd's certificate for $LIBVIRT_LISTEN and a client certificate, as libvirt's own
+  # sanity checks want them (key usages, CA:TRUE only on the CA): generated once.
+  local d=$LIBVIRT_PKI
+  [ -f "$d/clientcert.pem" ] && return
+  mkdir -p "$d"; chmod 0700 "$d"
+  local ext; ext=$(mktemp)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj "/CN=boshcpi-test-ca" \
+    -keyout "$d/cakey.pem" -out "$d/cacert.pem" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:%s,IP:127.0.0.1\n' \
+    "$LIBVIRT_LISTEN" > "$ext"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$LIBVIRT_LISTEN" \
+    -keyout "$d/serverkey.pem" -out "$d/server.csr" 2>/dev/null
+  openssl x509 -req -in "$d/server.csr" -CA "$d/cacert.pem" -CAkey "$d/cakey.pem" -CAcreateserial -days 3650 \
+    -extfile "$ext" -out "$d/servercert.pem" 2>/dev/null
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > "$ext"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=boshcpi-test-client" \
+    -keyout "$d/clientkey.pem" -out "$d/client.csr" 2>/dev/null
+  openssl x509 -req -in "$d/client.csr" -CA "$d/cacert.pem" -CAkey "$d/cakey.pem" -CAcreateserial -days 3650 \
+    -extfile "$ext" -out "$d/clientcert.pem" 2>/dev/null
+  rm -f "$ext" "$d"/*.csr
+}
+
+libvirt_conf() {
+  cat > "$STATE_DIR/libvirtd.conf" <<CONF
+listen_tls = 1
+listen_tcp = 1
+listen_addr = "$LIBVIRT_LISTEN"
+auth_tcp = "none"
+auth_tls = "none"
+key_file = "$LIBVIRT_PKI/serverkey.pem"
+cert_file = "$LIBVIRT_PKI/servercert.pem"
+ca_file = "$LIBVIRT_PKI/cacert.pem"
+CONF
+}
+
+libvirt_listening() { ss -ltnH "sport = :16509" 2>/dev/null | grep -q "$LIBVIRT_LISTEN:16509"; }
+
 start_libvirt() {
   if ! pid_alive "$STATE_DIR/virtlogd.pid" && ! pgrep -x virtlogd >/dev/null; then
     say "starting virtlogd"
     setsid nohup /usr/sbin/virtlogd >"$LOG_DIR/virtlogd.out" 2>&1 < /dev/null &
     echo $! > "$STATE_DIR/virtlogd.pid"
   fi
+  libvirt_pki
+  libvirt_conf
+  if virsh -c qemu:///system version >/dev/null 2>&1 && ! libvirt_listening && pid_alive "$STATE_DIR/libvirtd.pid"; then
+    # Ours, started before it listened on the network: restart it (running domains carry on).
+    say "restarting libvirtd to listen on $LIBVIRT_LISTEN"
+    kill "$(cat "$STATE_DIR/libvirtd.pid")"
+    for _ in $(seq 1 60); do pid_alive "$STATE_DIR/libvirtd.pid" || break; sleep 0.5; done
+  fi
   if ! virsh -c qemu:///system version >/dev/null 2>&1; then
     say "starting libvirtd"
-    setsid nohup /usr/sbin/libvirtd >"$LOG_DIR/libvirtd.out" 2>&1 < /dev/null &
+    setsid nohup /usr/sbin/libvirtd --listen -f "$STATE_DIR/libvirtd.conf" >"$LOG_DIR/libvirtd.out" 2>&1 < /dev/null &
     echo $! > "$STATE_DIR/libvirtd.pid"
     for _ in $(seq 1 60); do
-      virsh -c qemu:///system version >/dev/null 2>&1 && return
+      virsh -c qemu:///system version >/dev/null 2>&1 && break
       sleep 0.5
     done
-    say "libvirtd did not come up; see $LOG_DIR/libvirtd.out"; exit 1
+    virsh -c qemu:///system version >/dev/null 2>&1 || { say "libvirtd did not come up; see $LOG_DIR/libvirtd.out"; exit 1; }
   fi
+  libvirt_listening || say "warning: libvirtd does not listen on $LIBVIRT_LISTEN (not started by make host)"
 }
 
 # ---- test resources ------------------------------------------------------------------------
@@ -135,11 +189,16 @@ ensure_btrfs_quota() {
 }
 
 ensure_https() {
-  # Loopback-only HTTPS listeners, for the TLS, trust and cluster tests.
-  local cli=$1 addr=$2
+  # HTTPS listeners for the TLS, trust and cluster tests: loopback, and the test bridge's own address
+  # (a second listener, cluster.https_address) for the CPI running inside a guest on that bridge.
+  local cli=$1 addr=$2 bridge_addr=$3
   if [ -z "$($cli config get core.https_address 2>/dev/null)" ]; then
     say "$cli: listening on https://$addr"
     $cli config set core.https_address "$addr"
+  fi
+  if [ -z "$($cli config get cluster.https_address 2>/dev/null)" ]; then
+    say "$cli: also listening on https://$bridge_addr (the test bridge)"
+    $cli config set cluster.https_address "$bridge_addr"
   fi
 }
 
@@ -184,13 +243,15 @@ case "${1:-all}" in
   daemons) start_lxd; start_incus; start_libvirt ;;
   all|*)
     install_all
-    start_lxd; start_incus; start_libvirt
+    start_lxd; start_incus
+    # The bridges first: libvirtd listens on the LXD bridge's address.
     ensure_resources lxc boshcpi-btrfs boshcpi-lxdbr0 10.245.10.1/24
     ensure_resources incus boshcpi-btrfs boshcpi-incbr0 10.245.20.1/24
+    start_libvirt
     ensure_btrfs_quota /var/lib/lxd/storage-pools/boshcpi-btrfs
     ensure_btrfs_quota /var/lib/incus/storage-pools/boshcpi-btrfs
-    ensure_https lxc 127.0.0.1:8443
-    ensure_https incus 127.0.0.1:8444
+    ensure_https lxc 127.0.0.1:8443 10.245.10.1:8443
+    ensure_https incus 127.0.0.1:8444 10.245.20.1:8444
     ensure_libvirt_pool
     ensure_libvirt_network
     say "ready: lxd, incus, libvirt"
