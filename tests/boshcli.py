@@ -139,10 +139,14 @@ def manifest(
     ip: str,
     cpi_job: str,
     cpi_properties: dict,
+    *,
+    instance_jobs: list[dict] | None = None,
+    variables: list[dict] | None = None,
 ) -> Path:
     """A create-env manifest as an operator writes one: the boshcpi release and the dummy release,
-    one instance of the trivial job with a persistent disk on a manual network, the mbus over HTTPS
-    with a certificate the CLI generates, and the CPI job `cpi_job` with `cpi_properties`."""
+    one instance of the trivial job (or of `instance_jobs`, as bosh-deployment puts the CPI job on the
+    director) with a persistent disk on a manual network, the mbus over HTTPS with a certificate the
+    CLI generates, and the CPI job `cpi_job` with `cpi_properties`."""
     boshcpi, dummy = releases
     agent_mbus = "https://mbus:((mbus_bootstrap_password))@0.0.0.0:6868"
     doc = {
@@ -188,7 +192,7 @@ def manifest(
                 "resource_pool": "vms",
                 "persistent_disk_pool": "disks",
                 "networks": [{"name": "default", "static_ips": [ip]}],
-                "jobs": [{"name": "trivial", "release": "e2e-dummy"}],
+                "jobs": instance_jobs or [{"name": "trivial", "release": "e2e-dummy"}],
                 "properties": {"trivial": {"greeting": "hello from create-env"}},
             }
         ],
@@ -210,6 +214,7 @@ def manifest(
                 "type": "certificate",
                 "options": {"ca": "default_ca", "common_name": ip, "alternative_names": [ip]},
             },
+            *(variables or []),
         ],
     }
     path = tmp / f"{name}.yml"

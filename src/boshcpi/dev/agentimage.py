@@ -46,6 +46,27 @@ PACKAGES = (
     "iputils-arping",
     "linux-image-amd64",
 )
+# What a stock BOSH stemcell has for compiling packages, under Debian's names (all of them exist in
+# bookworm): the build tools and -dev packages of ../shared/reference/stemcell-packages.md, from
+# cloudfoundry/bosh-linux-stemcell-builder bosh-stemcell/spec/assets/dpkg-list-ubuntu-jammy.txt. A
+# release's packages compile in a guest with these and nothing more, or they fail there as they would
+# on a director. `runit` (chpst) is on the stemcell too; `monit` is Debian's, standing in for the
+# stemcell's own build (see REAL_MONIT below).
+STEMCELL_BUILD_PACKAGES = (
+    "build-essential", "gcc", "make", "autoconf", "automake", "libtool", "bison", "flex", "cmake", "patch",
+    "perl", "python3", "curl", "wget", "xz-utils", "bzip2", "gzip", "unzip", "zip", "file", "rsync", "openssl",
+    "xfsprogs", "gdisk", "runit",
+    "autotools-dev", "dpkg-dev", "libbz2-dev", "libc6-dev", "libcap-dev", "libcrypt-dev", "libcurl4-openssl-dev",
+    "libgcrypt20-dev", "libgpg-error-dev", "libicu-dev", "libncurses-dev", "libreadline-dev", "libssl-dev",
+    "libxml2-dev", "libxslt1-dev", "linux-libc-dev", "uuid-dev", "zlib1g-dev",
+    "libncurses5-dev", "libnsl-dev", "libtirpc-dev",
+    "monit",
+)  # fmt: skip
+# What no stemcell has (the reference file's list): a guest holding any of these is not stemcell-like.
+NOT_ON_A_STEMCELL = (
+    "liblzma-dev", "libffi-dev", "libsqlite3-dev", "libgdbm-dev", "tk-dev", "pkg-config", "pkgconf", "git",
+    "libvirt0", "libvirt-dev", "libvirt-clients", "qemu-utils", "genisoimage", "xorriso", "mtools", "dosfstools",
+)  # fmt: skip
 CACHE = Path(os.environ.get("BOSHCPI_IMAGE_CACHE", "/var/lib/boshcpi-dev/cache"))
 ROOT_LABEL = "bosh-root"
 
@@ -137,6 +158,96 @@ while true; do
   sleep 2
 done
 """
+
+# The stemcell's monit set-up (bosh-linux-stemcell-builder stemcell_builder/stages/bosh_monit: monitrc
+# in /var/vcap/bosh/etc, credentials from the file the agent writes, job files under
+# /var/vcap/monit/job), run by Debian's monit 5.33 so that job processes really start. One difference
+# from a stemcell: monit >= 5.20 wants a CSRF token on every POST (CVE-2016-7067), which the agent's
+# HTTP client never sends (bosh-agent jobsupervisor/monit/http_client.go makeRequest), so monit's
+# httpd listens on 2823 and a small proxy on 127.0.0.1:2822, where the agent looks
+# (jobsupervisor/monit/provider.go), adds the token. The `monit` CLI the agent runs (`monit stop -g
+# vcap`) finds the same control file at /etc/monitrc and handles the token itself.
+REAL_MONITRC = """set daemon 5
+set logfile /var/vcap/monit/monit.log
+set httpd port 2823 and use address 127.0.0.1
+  allow cleartext /var/vcap/monit/monit.user
+include /var/vcap/monit/*.monitrc
+include /var/vcap/monit/job/*.monitrc
+"""
+
+MONIT_CSRF_PROXY = r"""#!/usr/bin/python3
+# 127.0.0.1:2822 -> monit's httpd on 2823, one request per connection; POSTs get monit's CSRF token.
+import socket, threading
+TOKEN = b"boshcpi"
+def handle(conn):
+    try:
+        conn.settimeout(30)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = 0
+        for line in lines[1:]:
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        keep = [l for l in lines[1:] if not l.lower().startswith((b"content-length:", b"connection:"))]
+        if lines[0].startswith(b"POST "):
+            body = body + (b"&" if body else b"") + b"securitytoken=" + TOKEN
+            keep.append(b"Cookie: securitytoken=" + TOKEN)
+        keep += [b"Content-Length: %d" % len(body), b"Connection: close"]
+        up = socket.create_connection(("127.0.0.1", 2823), timeout=30)
+        up.sendall(b"\r\n".join([lines[0], *keep]) + b"\r\n\r\n" + body)
+        while True:
+            chunk = up.recv(65536)
+            if not chunk:
+                break
+            conn.sendall(chunk)
+        up.close()
+    except OSError:
+        pass
+    finally:
+        conn.close()
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 2822))
+srv.listen(32)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"""
+
+REAL_MONIT_UNITS = {
+    # The stemcell's unit (stages/bosh_monit/assets/monit.service): the agent restarts it with
+    # `systemctl kill monit` + `systemctl start monit` (jobsupervisor/monit_job_supervisor.go Reload).
+    "monit.service": """[Unit]
+Description=monit, as a BOSH stemcell runs it
+After=network.target
+StartLimitIntervalSec=0
+[Service]
+ExecStart=/usr/bin/monit -I -c /var/vcap/bosh/etc/monitrc
+Restart=always
+KillMode=process
+[Install]
+WantedBy=multi-user.target
+""",
+    "monit-csrf-proxy.service": """[Unit]
+Description=boshcpi test stemcell: monit's CSRF token for the agent's requests
+[Service]
+ExecStart=/var/vcap/bosh/bin/monit-csrf-proxy
+Restart=always
+[Install]
+WantedBy=multi-user.target
+""",
+}
 
 SCRIPTS = {
     "bosh-agent-rc": "#!/bin/sh\nexit 0\n",
@@ -231,10 +342,11 @@ def _key(*parts: bytes | str) -> str:
     return h.hexdigest()[:12]
 
 
-def base_rootfs() -> Path:
-    """A debootstrap'ed Debian 12 (minbase + PACKAGES), cached as a tarball."""
+def base_rootfs(extra: tuple[str, ...] = ()) -> Path:
+    """A debootstrap'ed Debian 12 (minbase + PACKAGES + `extra`), cached as a tarball."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / f"agent-base-{_key(*PACKAGES)}.tar"
+    packages = PACKAGES + extra
+    out = CACHE / f"agent-base-{_key(*packages)}.tar"
     if out.exists():
         return out
     work = CACHE / f"agent-base.{os.getpid()}"
@@ -244,7 +356,7 @@ def base_rootfs() -> Path:
             [
                 "debootstrap",
                 "--variant=minbase",
-                "--include=" + ",".join(PACKAGES),
+                "--include=" + ",".join(packages),
                 "bookworm",
                 str(work),
                 _mirror(),
@@ -254,6 +366,8 @@ def base_rootfs() -> Path:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"debootstrap failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        if extra:
+            _check_stemcell_like(work)
         for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "var/cache/apt/archives"):
             shutil.rmtree(work / junk, ignore_errors=True)
         tmp = out.with_suffix(".tmp")
@@ -262,6 +376,25 @@ def base_rootfs() -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def installed_packages(root: Path) -> set[str]:
+    """The packages dpkg has installed in a root filesystem (names without the architecture)."""
+    proc = subprocess.run(
+        ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package} ${db:Status-Abbrev}\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {line.split()[0] for line in proc.stdout.splitlines() if line.split()[1:2] == ["ii"]}
+
+
+def _check_stemcell_like(root: Path) -> None:
+    have = installed_packages(root)
+    missing = sorted(set(STEMCELL_BUILD_PACKAGES) - have)
+    extra = sorted(set(NOT_ON_A_STEMCELL) & have)
+    if missing or extra:
+        raise RuntimeError(f"the stemcell-like guest is not: missing {missing}, has what no stemcell has {extra}")
 
 
 def _write(root: Path, rel: str, text: str | bytes, mode: int = 0o644) -> None:
@@ -302,17 +435,27 @@ def _enable(root: Path, unit: str, target: str = "multi-user.target") -> None:
         link.symlink_to(src)
 
 
-def _customize(root: Path, agent: Path, agent_json: dict, vm: bool) -> None:
+def _customize(root: Path, agent: Path, agent_json: dict, vm: bool, real_monit: bool = False) -> None:
     _add_user(root)
     bin_dir = "var/vcap/bosh/bin"
     _write(root, f"{bin_dir}/bosh-agent", agent.read_bytes(), 0o755)
-    _write(root, f"{bin_dir}/fake-monit", FAKE_MONIT, 0o755)
-    _write(root, f"{bin_dir}/monit", MONIT_CLI, 0o755)
+    units = dict(UNITS)
+    if real_monit:
+        _write(root, "var/vcap/bosh/etc/monitrc", REAL_MONITRC, 0o700)
+        (root / "etc/monitrc").unlink(missing_ok=True)
+        (root / "etc/monitrc").symlink_to("/var/vcap/bosh/etc/monitrc")
+        _write(root, "var/vcap/monit/empty.monitrc", "")  # monit refuses an include that matches nothing
+        (root / "var/vcap/monit/job").mkdir(parents=True, exist_ok=True)
+        _write(root, f"{bin_dir}/monit-csrf-proxy", MONIT_CSRF_PROXY, 0o755)
+        units.update(REAL_MONIT_UNITS)
+    else:
+        _write(root, f"{bin_dir}/fake-monit", FAKE_MONIT, 0o755)
+        _write(root, f"{bin_dir}/monit", MONIT_CLI, 0o755)
     for name, text in SCRIPTS.items():
         _write(root, f"{bin_dir}/{name}", text, 0o755)
     _write(root, "var/vcap/bosh/agent.json", json.dumps(agent_json, indent=2))
     _write(root, "var/vcap/monit/monit.user", "vcap:random-password\n", 0o600)
-    for unit, text in UNITS.items():
+    for unit, text in units.items():
         _write(root, f"etc/systemd/system/{unit}", text)
         _enable(root, unit)
     _write(root, "etc/hostname", "boshcpi-agent\n")
@@ -346,12 +489,14 @@ def _unpack(base: Path, dest: Path) -> None:
     subprocess.run(["tar", "-C", str(dest), "--numeric-owner", "-xf", str(base)], check=True)
 
 
-def container_stemcell(agent: Path, out: Path | None = None) -> Path:
-    """An unpacked warden-style stemcell dir (stemcell.MF, image) running the real agent."""
-    base = base_rootfs()
-    key = _key(
-        base.name, agent.read_bytes(), FAKE_MONIT, json.dumps(WARDEN_AGENT), json.dumps(UNITS), json.dumps(SCRIPTS)
-    )
+def container_stemcell(agent: Path, out: Path | None = None, stemcell_like: bool = False) -> Path:
+    """An unpacked warden-style stemcell dir (stemcell.MF, image) running the real agent. With
+    `stemcell_like`, the guest also has exactly a stemcell's build tools and -dev packages
+    (STEMCELL_BUILD_PACKAGES, none of NOT_ON_A_STEMCELL) and a real monit that runs job processes:
+    the compile and run environment of a director VM."""
+    base = base_rootfs(STEMCELL_BUILD_PACKAGES if stemcell_like else ())
+    monit = (REAL_MONITRC, MONIT_CSRF_PROXY, json.dumps(REAL_MONIT_UNITS)) if stemcell_like else (FAKE_MONIT,)
+    key = _key(base.name, agent.read_bytes(), *monit, json.dumps(WARDEN_AGENT), json.dumps(UNITS), json.dumps(SCRIPTS))
     d = (out or CACHE) / f"agent-container-{key}"
     if (d / "image").exists():
         return d
@@ -360,7 +505,7 @@ def container_stemcell(agent: Path, out: Path | None = None) -> Path:
         _unpack(base, work)
         for heavy in ("boot", "lib/modules", "usr/lib/firmware"):
             shutil.rmtree(work / heavy, ignore_errors=True)
-        _customize(work, agent, WARDEN_AGENT, vm=False)
+        _customize(work, agent, WARDEN_AGENT, vm=False, real_monit=stemcell_like)
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / "image.tmp"
         subprocess.run(["tar", "-C", str(work), "--numeric-owner", "-czf", str(tmp), "."], check=True)

@@ -1,0 +1,100 @@
+"""The libvirt driver over the network, as a director VM reaches libvirtd: TCP (`auth_tcp = "none"`, the
+Go libvirt CPI's setting) and TLS with a client certificate, through the real CPI process, with the
+RPC client that speaks libvirt's protocol itself (no libvirt C library). `make host` has libvirtd
+listen on the LXD test bridge's address with a CA, a server and a client certificate of its own.
+
+A wrong CA and a client certificate libvirtd does not trust are each one line, not retryable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import call, libvirt_config
+
+pytestmark = pytest.mark.libvirt
+
+LISTEN = "10.245.10.1"
+PKI = Path("/var/lib/boshcpi-dev/libvirt-pki")
+
+
+def _listening(port: int) -> bool:
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return f"{LISTEN}:{port}" in out
+
+
+@pytest.fixture(scope="module")
+def pki() -> Path:
+    if not (_listening(16509) and _listening(16514) and (PKI / "clientcert.pem").exists()):
+        pytest.skip(f"not run: libvirtd does not listen on {LISTEN} with TLS (make host sets that up)")
+    return PKI
+
+
+def _config(tmp: Path, pool: str, uri: str, **tls: str) -> Path:
+    cfg = libvirt_config(pool, tmp / "console", "CDROM", "nats://n:libvirt-s3cret@10.245.30.11:4222")
+    cfg["libvirt"]["uri"] = uri
+    cfg["libvirt"].update(tls)
+    path = tmp / f"cpi-{abs(hash(uri + json.dumps(tls)))}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _tls(pki: Path, ca: str = "cacert.pem", cert: str = "clientcert.pem", key: str = "clientkey.pem") -> dict:
+    return {
+        "tls_ca_cert": (pki / ca).read_text(),
+        "tls_client_cert": (pki / cert).read_text(),
+        "tls_client_key": (pki / key).read_text(),
+    }
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_calls_over_the_network(tmp_path, libvirt_pool, pki, transport):
+    tls = _tls(pki) if transport == "tls" else {}
+    cfg = _config(tmp_path, libvirt_pool, f"qemu+{transport}://{LISTEN}/system", **tls)
+    assert "openstack-raw" in call(cfg, "info").ok()["stemcell_formats"]
+    assert call(cfg, "has_vm", "vm-00000000-0000-4000-8000-000000000000").ok() is False
+    disk = call(cfg, "create_disk", 16, {}, None).ok()
+    assert call(cfg, "has_disk", disk).ok() is True
+    pool = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "vol-list", libvirt_pool], capture_output=True, text=True, check=True
+    ).stdout
+    assert disk in pool  # the daemon's own client sees what the network client made
+    assert call(cfg, "delete_disk", disk).ok() is None
+    assert call(cfg, "has_disk", disk).ok() is False
+
+
+def test_a_server_certificate_that_does_not_verify_is_one_line_and_final(tmp_path, libvirt_pool, pki):
+    # The server's own certificate is no CA: libvirtd's certificate cannot verify against it.
+    cfg = _config(tmp_path, libvirt_pool, f"qemu+tls://{LISTEN}/system", **_tls(pki, ca="servercert.pem"))
+    resp = call(cfg, "has_vm", "vm-00000000-0000-4000-8000-000000000000")
+    assert resp.error_type == "Bosh::Clouds::CloudError"
+    assert resp.error["ok_to_retry"] is False
+    assert "does not verify" in resp.error["message"] and "\n" not in resp.error["message"]
+
+
+def test_a_client_certificate_libvirtd_does_not_trust_is_one_line_and_final(tmp_path, libvirt_pool, pki):
+    # A client certificate of another CA: the TLS session may open, but libvirtd refuses the client.
+    other = tmp_path / "other"
+    other.mkdir()
+    run = lambda *a: subprocess.run(a, cwd=other, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=stranger-ca", "-keyout", "cakey.pem", "-out", "cacert.pem")  # fmt: skip
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=stranger",
+        "-keyout", "key.pem", "-out", "req.csr")  # fmt: skip
+    (other / "ext").write_text("extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n")
+    run("openssl", "x509", "-req", "-in", "req.csr", "-CA", "cacert.pem", "-CAkey", "cakey.pem", "-CAcreateserial",
+        "-days", "2", "-extfile", "ext", "-out", "cert.pem")  # fmt: skip
+    tls = {
+        "tls_ca_cert": (pki / "cacert.pem").read_text(),
+        "tls_client_cert": (other / "cert.pem").read_text(),
+        "tls_client_key": (other / "key.pem").read_text(),
+    }
+    cfg = _config(tmp_path, libvirt_pool, f"qemu+tls://{LISTEN}/system", **tls)
+    resp = call(cfg, "has_vm", "vm-00000000-0000-4000-8000-000000000000")
+    assert resp.error_type == "Bosh::Clouds::CloudError"
+    assert resp.error["ok_to_retry"] is False
+    assert "\n" not in resp.error["message"]
+    assert "certificate" in resp.error["message"].lower()
