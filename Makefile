@@ -42,7 +42,7 @@ demo: host venv compile
 
 # Results go to bench/results/ (commit them); README's table is written from the newest file.
 bench: host venv compile
-	$(PY) bench/run.py --daemon $(DRIVER)
+	if [ "$(DRIVER)" = libvirt ]; then $(PY) bench/libvirt.py; else $(PY) bench/run.py --daemon $(DRIVER); fi
 	$(PY) bench/report.py
 
 # A deployable dev release tarball (dist/boshcpi-dev.tgz): the CPython source blob and

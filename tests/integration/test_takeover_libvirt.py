@@ -13,41 +13,12 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import bootimage
+from boshcpi.dev.tools import GoLibvirtCPI
 from boshcpi.drivers.libvirt import remote as libvirt
 from tests.helpers import BOSHCPI, ROOT, call, go_call, require_tool
 
 pytestmark = pytest.mark.libvirt
 
-# The Go CPI's own templates, as its manifests/libvirt-qemu-vars.yml writes them (Go text/template).
-TEMPLATES = {
-    "DiskDeviceXml": """<disk type='file' device='{{.Device}}'>
-  <driver name='qemu' type='raw' cache='none'/>
-  <source file='{{.TargetPath}}'/>
-  <target dev='{{.TargetDevice}}' bus='{{.TargetBus}}'/>
-</disk>""",
-    "StorageVolXml": """<volume>
-  <name>{{.Name}}</name>
-  <allocation unit="G">0</allocation>
-  <capacity unit="{{.Unit}}">{{.Size}}</capacity>
-</volume>""",
-    "ManualNetworkInterfaceXml": """<interface type='network'>
-  <source network='{{.NetworkName}}'/>
-  <mac address='{{.MacAddress}}'/>
-  <model type='virtio'/>
-</interface>""",
-    "VmDomainXml": """<domain type='qemu'>
-  <name>{{.Name}}</name>
-  <uuid>{{.UUID}}</uuid>
-  <memory unit='MiB'>{{.Memory}}</memory>
-  <vcpu>{{.CPU}}</vcpu>
-  <os><type>hvm</type><boot dev='hd'/></os>
-  <features><acpi/><apic/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>restart</on_crash>
-  <devices><serial type='pty'><target port='0'/></serial></devices>
-</domain>""",
-}
 NET = {
     "default": {
         "type": "manual",
@@ -79,33 +50,6 @@ def go_stemcell(tmp_path_factory) -> Path:
     return image
 
 
-class Go:
-    def __init__(self, binary: Path, pool: str, tmp: Path) -> None:
-        self.binary = binary
-        self.config = tmp / "go-libvirt.json"
-        self.config.write_text(
-            json.dumps(
-                {
-                    "Settings": {**TEMPLATES, "NetworkName": "boshcpi-test-net", "StoragePoolName": pool},
-                    "Stemcell": {
-                        "Formats": ["openstack-raw"],
-                        "Type": "ConfigDrive",
-                        "Label": "config-2",
-                        "MetadataPath": "ec2/latest/meta-data.json",
-                        "UserdataPath": "ec2/latest/user-data",
-                    },
-                    "Connection": {"Type": "socket", "Socket": "/var/run/libvirt/libvirt-sock"},
-                    "Agent": {"Mbus": "nats://nats:mbus-s3cret-pw@10.245.30.11:4222", "NTP": []},
-                    "VMPublicKey": "",
-                    "Throttle": {"Name": "noop"},
-                }
-            )
-        )
-
-    def call(self, method: str, *args):
-        return go_call(self.binary, self.config, method, *args)
-
-
 def test_takeover_of_a_go_libvirt_deployment(libvirt_pool, go_cpi, go_stemcell, tmp_path):
     conn = libvirt.open("qemu:///system")
     pool = conn.storagePoolLookupByName(libvirt_pool)
@@ -115,7 +59,7 @@ def test_takeover_of_a_go_libvirt_deployment(libvirt_pool, go_cpi, go_stemcell, 
         return set(pool.listVolumes())
 
     before = volumes()
-    go = Go(go_cpi, libvirt_pool, tmp_path)
+    go = GoLibvirtCPI(go_cpi, libvirt_pool, tmp_path)
     props = {
         "name": "bosh-openstack-kvm-go_agent",
         "version": "1",
@@ -124,12 +68,22 @@ def test_takeover_of_a_go_libvirt_deployment(libvirt_pool, go_cpi, go_stemcell, 
         "architecture": "x86_64",
         "infrastructure": "openstack",
     }
-    stemcell = go.call("create_stemcell", str(go_stemcell), props)
-    vm = go.call("create_vm", "go-agent", stemcell, {"cpu": 1, "memory": 256, "ephemeral_disk": 64}, NET, [], {})
+    stemcell = go_call(go.binary, go.config, "create_stemcell", str(go_stemcell), props)
+    vm = go_call(
+        go.binary,
+        go.config,
+        "create_vm",
+        "go-agent",
+        stemcell,
+        {"cpu": 1, "memory": 256, "ephemeral_disk": 64},
+        NET,
+        [],
+        {},
+    )
     vm = vm[0] if isinstance(vm, list) else vm
-    disk = go.call("create_disk", 64, {}, vm)
+    disk = go_call(go.binary, go.config, "create_disk", 64, {}, vm)
     assert disk.startswith("pdisk-")
-    go.call("attach_disk", vm, disk)
+    go_call(go.binary, go.config, "attach_disk", vm, disk)
     dom = conn.lookupByName(vm)
     assert dom.isActive()
     uid = vm[len("vm-") :]

@@ -4,6 +4,7 @@ clone's origin, for a fresh clone made elsewhere)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -50,3 +51,65 @@ def find_tool(name: str) -> Path | None:
 
 def missing_reason(name: str) -> str:
     return f"not run: no {name} (set {TOOLS[name]}, put it on PATH, or ../shared/tools/{name})"
+
+
+# The Go CPI's own templates, as its manifests/libvirt-qemu-vars.yml writes them (Go text/template).
+GO_LIBVIRT_TEMPLATES = {
+    "DiskDeviceXml": """<disk type='file' device='{{.Device}}'>
+  <driver name='qemu' type='raw' cache='none'/>
+  <source file='{{.TargetPath}}'/>
+  <target dev='{{.TargetDevice}}' bus='{{.TargetBus}}'/>
+</disk>""",
+    "StorageVolXml": """<volume>
+  <name>{{.Name}}</name>
+  <allocation unit="G">0</allocation>
+  <capacity unit="{{.Unit}}">{{.Size}}</capacity>
+</volume>""",
+    "ManualNetworkInterfaceXml": """<interface type='network'>
+  <source network='{{.NetworkName}}'/>
+  <mac address='{{.MacAddress}}'/>
+  <model type='virtio'/>
+</interface>""",
+    "VmDomainXml": """<domain type='qemu'>
+  <name>{{.Name}}</name>
+  <uuid>{{.UUID}}</uuid>
+  <memory unit='MiB'>{{.Memory}}</memory>
+  <vcpu>{{.CPU}}</vcpu>
+  <os><type>hvm</type><boot dev='hd'/></os>
+  <features><acpi/><apic/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>restart</on_crash>
+  <devices><serial type='pty'><target port='0'/></serial></devices>
+</domain>""",
+}
+
+
+class GoLibvirtCPI:
+    """The Go libvirt CPI with the config its job template renders for a socket connection to this
+    host's libvirtd, domain type qemu, on `pool` and the test network."""
+
+    def __init__(self, binary: Path, pool: str, tmp: Path, connection: dict[str, str] | None = None) -> None:
+        self.binary = binary
+        self.config = tmp / f"go-libvirt-{pool}.json"
+        self.config.write_text(
+            json.dumps(
+                {
+                    "Settings": {**GO_LIBVIRT_TEMPLATES, "NetworkName": "boshcpi-test-net", "StoragePoolName": pool},
+                    "Stemcell": {
+                        "Formats": ["openstack-raw"],
+                        "Type": "ConfigDrive",
+                        "Label": "config-2",
+                        "MetadataPath": "ec2/latest/meta-data.json",
+                        "UserdataPath": "ec2/latest/user-data",
+                    },
+                    "Connection": connection or {"Type": "socket", "Socket": "/var/run/libvirt/libvirt-sock"},
+                    "Agent": {"Mbus": "nats://nats:mbus-s3cret-pw@10.245.30.11:4222", "NTP": []},
+                    "VMPublicKey": "",
+                    "Throttle": {"Name": "noop"},
+                }
+            )
+        )
+
+    def command(self) -> list[str]:
+        return [str(self.binary), "-configPath", str(self.config), "-logLevel", "ERROR"]

@@ -9,7 +9,7 @@ import os
 import time
 
 from boshcpi import ids
-from boshcpi.drivers.libvirt import naming
+from boshcpi.drivers.libvirt import naming, xmltree
 from boshcpi.drivers.libvirt.host import LibvirtHost
 from boshcpi.report import Orphan
 
@@ -27,12 +27,11 @@ class Cleaner:
         self.host.close()
 
     def _used_paths(self) -> set[str]:
-        import xml.etree.ElementTree as ET
 
         used = set()
         for dom in self.host.all_domains():
             for flags in (0, self.host.lv.VIR_DOMAIN_XML_INACTIVE):
-                for src in ET.fromstring(dom.XMLDesc(flags)).iter("source"):
+                for src in xmltree.fromstring(dom.XMLDesc(flags)).iter("source"):
                     if src.get("file"):
                         used.add(src.get("file"))
         return used

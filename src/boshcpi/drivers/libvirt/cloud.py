@@ -7,14 +7,14 @@ layout: see naming.py."""
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET
 
 from boshcpi import ids, log
 from boshcpi.agent import settings as agent_settings
 from boshcpi.cloud import Cloud, parse_vm_size
-from boshcpi.drivers.libvirt import STEMCELL_FORMATS, configdrive, naming
+from boshcpi.drivers.libvirt import STEMCELL_FORMATS, configdrive, naming, xmltree
 from boshcpi.drivers.libvirt import domain as dom_xml
 from boshcpi.drivers.libvirt.host import LibvirtHost, MiB
+from boshcpi.drivers.libvirt.xmltree import escape
 from boshcpi.faults import fail_point
 from boshcpi.protocol import (
     BoshError,
@@ -120,7 +120,7 @@ class LibvirtCloud(Cloud):
             vol = self.host.volume_by_path(d["path"])
             if vol is None:
                 continue
-            bs = ET.fromstring(vol.XMLDesc(0)).find("backingStore/path")
+            bs = xmltree.fromstring(vol.XMLDesc(0)).find("backingStore/path")
             if bs is not None and bs.text:
                 out.add(bs.text)
         return out
@@ -136,7 +136,7 @@ class LibvirtCloud(Cloud):
         made: list[str] = []
         defined = False
         try:
-            fmt_el = ET.fromstring(stemcell_vol.XMLDesc(0)).find("target/format")
+            fmt_el = xmltree.fromstring(stemcell_vol.XMLDesc(0)).find("target/format")
             stemcell_fmt = fmt_el.get("type") if fmt_el is not None else "raw"
             capacity = stemcell_vol.info()[1]
             root_mb = int(spec.cloud_properties.get("root_disk_size") or 0)
@@ -242,8 +242,6 @@ class LibvirtCloud(Cloud):
                 os.makedirs(self.lc.console_log_dir, exist_ok=True)
             except OSError as e:
                 log.warn(f"console log folder {self.lc.console_log_dir}: {e.strerror}")
-        from xml.sax.saxutils import escape
-
         try:
             return dom_xml.render(
                 template,

@@ -9,8 +9,7 @@ virtio-scsi controller (CDROM type) or a read-only virtio disk (FAT32 type).
 
 from __future__ import annotations
 
-from string import Template
-from xml.sax.saxutils import escape, quoteattr
+from boshcpi.drivers.libvirt.xmltree import escape, quoteattr
 
 NS = "https://boshcpi.dev/xmlns/vm/1"
 NS_PREFIX = "boshcpi"
@@ -103,4 +102,6 @@ def metadata_xml(values: dict[str, str], tags: dict[str, str] | None = None, nam
 
 def render(template: str | None, **values: str) -> str:
     """Fill the template; an unknown ${placeholder} in an operator's template is an error."""
+    from string import Template  # `string` imports `re`: only create_vm pays for it
+
     return Template(template or DEFAULT_TEMPLATE).substitute(**values)

@@ -4,11 +4,11 @@ configured storage pool, volumes and domains, and the one place libvirt errors b
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET
 
 from boshcpi import ids, log
 from boshcpi.drivers.libvirt import domain as dom_xml
-from boshcpi.drivers.libvirt import naming, remote
+from boshcpi.drivers.libvirt import naming, remote, xmltree
+from boshcpi.drivers.libvirt.xmltree import escape
 from boshcpi.protocol import BoshError, CloudError, NoDiskSpace, VMNotFound
 
 TYPE_CHECKING = False
@@ -108,8 +108,6 @@ class LibvirtHost:
                 log.warn(f"cannot delete volume {name}: {e.get_error_message()}")
 
     def new_volume(self, name: str, size_bytes: int, fmt: str, backing: tuple[str, str] | None = None) -> Any:
-        from xml.sax.saxutils import escape
-
         xml = (
             f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{size_bytes}</capacity>"
             f"<allocation unit='bytes'>0</allocation><target><format type='{fmt}'/></target>"
@@ -169,14 +167,14 @@ class LibvirtHost:
                 return None
             raise self.err(e, f"domain {vm_cid}") from None
 
-    def xml(self, dom: Any) -> ET.Element:
-        return ET.fromstring(dom.XMLDesc(self.lv.VIR_DOMAIN_XML_INACTIVE))
+    def xml(self, dom: Any) -> xmltree.Element:
+        return xmltree.fromstring(dom.XMLDesc(self.lv.VIR_DOMAIN_XML_INACTIVE))
 
     def disks(self, dom: Any, live: bool = False) -> list[dict[str, str]]:
         """Each disk of the domain's definition (or, with `live`, of the running domain): device, target
         dev and bus, source path, volume name, serial."""
         out = []
-        root = ET.fromstring(dom.XMLDesc(0)) if live else self.xml(dom)
+        root = xmltree.fromstring(dom.XMLDesc(0)) if live else self.xml(dom)
         for disk in root.iter("disk"):
             src, target, serial = disk.find("source"), disk.find("target"), disk.find("serial")
             path = src.get("file", "") if src is not None else ""
@@ -195,7 +193,7 @@ class LibvirtHost:
     def metadata(self, dom: Any) -> dict[str, Any] | None:
         """boshcpi's <metadata> values of a domain, or None where it has none."""
         try:
-            root = ET.fromstring(dom.metadata(self.lv.VIR_DOMAIN_METADATA_ELEMENT, dom_xml.NS, 0))
+            root = xmltree.fromstring(dom.metadata(self.lv.VIR_DOMAIN_METADATA_ELEMENT, dom_xml.NS, 0))
         except self.lv.libvirtError:
             return None
         out: dict[str, Any] = {child.tag: child.text or "" for child in root if child.tag != "tag"}
