@@ -32,6 +32,8 @@ def parse_duration(text: str | int | float, path: str) -> float:
     if isinstance(text, bool):
         raise CpiError(f"{path}: expected a duration like '2m' or '30s'")
     if isinstance(text, (int, float)):
+        if text < 0 or text != text:
+            raise CpiError(f"{path}: expected a duration like '2m' or '30s', got {text!r}")
         return float(text)
     raw = str(text).strip()
     unit = next((u for u in ("ms", "s", "m", "h") if raw.endswith(u)), "")
@@ -80,6 +82,8 @@ def parse_size(text: str | int, path: str) -> int:
     if isinstance(text, bool):
         raise CpiError(f"{path}: expected a size like '100GiB'")
     if isinstance(text, int):
+        if text < 0:
+            raise CpiError(f"{path}: expected a size like '100GiB', got {text!r}")
         return text
     raw = str(text).strip()
     for unit, mult in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40), ("B", 1), ("", 1)):
@@ -121,7 +125,7 @@ CreateVMLock = _section(
     "CreateVMLock",
     {
         "enabled": ("bool", False, None),
-        "timeout": ("str", "10m", None),
+        "timeout": ("duration", "10m", None),
         "path": ("str", "/var/vcap/sys/run/lxd_cpi/create-vm.lock", None),
     },
     "`server.create_vm_lock`: the Go CPI's file lock that lets one create_vm run at a time.",
@@ -145,11 +149,11 @@ ServerConfig = _section(
         "instance_config": ("strmaps", lambda: {k: dict(v) for k, v in DEFAULT_INSTANCE_CONFIG.items()}, None),
         "predeploy_stemcell": ("bool", False, None),
         "bios_path": ("str", "", None),
-        "operation_timeout": ("str", "10m", None),
+        "operation_timeout": ("duration", "10m", None),
         "container_privileged": ("bool", True, None),
         "allow_raw_devices": ("bool", False, None),
         "allow_raw_config": ("bool", False, None),
-        "max_stemcell_image": ("str", "100GiB", None),
+        "max_stemcell_image": ("size", "100GiB", None),
         "create_vm_lock": ("section", CreateVMLock, None),
     },
     "`server`: the LXD/Incus endpoint and where the CPI puts things.",
@@ -187,7 +191,7 @@ ThrottleConfig = _section(
         "enabled": ("bool", False, None),
         "path": ("str", "/var/vcap/sys/run/lxd_cpi/throttle.sock", None),
         "limit": ("int", 4, _positive),
-        "hold": ("str", "2m", None),
+        "hold": ("duration", "2m", None),
     },
     "`throttle_config`: leases around heavy calls.",
 )
@@ -262,6 +266,16 @@ def _coerce(kind: str, value: Any, path: str) -> Any:
     if kind == "str":
         if not isinstance(value, str):
             raise CpiError(f"{path}: expected a string, got {_kind(value)}")
+        return value
+    if kind in ("duration", "size"):
+        # '10m' / '100GiB' as the job specs write them, or a bare number (seconds, bytes), as the Go
+        # CPI's spec and YAML manifests often give them (`operation_timeout: 600`, `hold: 120`).
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise CpiError(f"{path}: expected a {kind} string or number, got {_kind(value)}")
+        if kind == "size" and isinstance(value, float):
+            if not value.is_integer():
+                raise CpiError(f"{path}: expected a whole number of bytes, got {value}")
+            value = int(value)
         return value
     if kind == "bool":
         # BOSH properties rendered from ERB often arrive as "true"/"false" strings.

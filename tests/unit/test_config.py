@@ -72,3 +72,36 @@ def test_secrets_are_collected():
     secrets = config.secrets_of(cfg)
     assert "pa55w0rd" in secrets and "bl0b" in secrets and "KEYDATA" in secrets
     assert "x" not in secrets
+
+
+def test_numbers_where_the_go_cpi_spec_shows_them():
+    """`operation_timeout: 600`, `hold: 120`, a byte count for `max_stemcell_image` (the Go CPI's spec
+    and plain YAML give numbers) mean seconds and bytes, as their string forms do."""
+    cfg = config.from_dict(
+        {
+            "server": {"operation_timeout": 600, "max_stemcell_image": 1 << 30, "create_vm_lock": {"timeout": 90}},
+            "throttle_config": {"hold": 120, "limit": "3"},
+        }
+    )
+    assert cfg.operation_timeout == 600.0
+    assert cfg.max_stemcell_image == 1 << 30
+    assert cfg.throttle_hold == 120.0 and cfg.throttle_config.limit == 3
+    assert config.parse_duration(cfg.server.create_vm_lock.timeout, "t") == 90.0
+    assert config.from_dict({"server": {"operation_timeout": "10m"}}).operation_timeout == 600.0
+
+
+@pytest.mark.parametrize(
+    "section,key,value",
+    [
+        ("server", "operation_timeout", -1),
+        ("server", "operation_timeout", True),
+        ("server", "operation_timeout", [600]),
+        ("server", "max_stemcell_image", -5),
+        ("server", "max_stemcell_image", 1.5),
+        ("throttle_config", "hold", "soon"),
+    ],
+)
+def test_bad_numbers_are_errors_naming_the_key(section, key, value):
+    with pytest.raises(CpiError) as e:
+        config.from_dict({section: {key: value}})
+    assert f"{section}.{key}" in e.value.message
