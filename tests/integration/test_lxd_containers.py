@@ -281,3 +281,28 @@ def test_settings_reach_the_container_when_the_stopped_file_api_fails(daemon, wa
     assert settings["agent_id"] == "agent-ff"
     assert daemon.api(f"/1.0/instances/{vm_cid}")["status"] == "Running"
     daemon.call("delete_vm", vm_cid).ok()
+
+
+def test_manifest_metadata_never_takes_a_vm_or_disk_from_the_cpi(daemon, warden_stemcell):
+    """Tags named like the CPI's own marks (created_by, kind, vm, group, ...) are kept, but elsewhere:
+    the VM stays the CPI's (has_vm true, delete_vm deletes it) and the disk stays a persistent disk."""
+    vm, _ = daemon.call("create_vm", "agent-meta", warden_stemcell, {}, network(daemon, 97), [], {}).ok()
+    disk = daemon.call("create_disk", 16, {}, vm).ok()
+    try:
+        hostile = {"created_by": "someone-else", "kind": "config", "agent_id": "x", "stemcell": "y", "group": "g",
+                   "Created_By": "again", "tag.created_by": "nested", "deployment": "d", "name": "db/0"}  # fmt: skip
+        daemon.call("set_vm_metadata", vm, hostile).ok()
+        cfg = daemon.api(f"/1.0/instances/{vm}")["config"]
+        assert cfg["user.bosh.created_by"] == "boshcpi" and cfg["user.bosh.kind"] == "vm"
+        assert cfg["user.bosh.tag.created_by"] in ("someone-else", "again")
+        assert cfg["user.bosh.tag.tag.created_by"] == "nested" and cfg["user.bosh.deployment"] == "d"
+        assert daemon.call("has_vm", vm).ok() is True
+        daemon.call("set_disk_metadata", disk, {"kind": "config", "vm": vm, "created": "0"}).ok()
+        vcfg = daemon.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")["config"]
+        assert vcfg["user.bosh.kind"] == "persistent" and vcfg["user.bosh.tag.kind"] == "config"
+        assert daemon.call("has_disk", disk).ok() is True
+        daemon.call("delete_vm", vm).ok()
+        assert vm not in daemon.instances()
+    finally:
+        daemon.call("delete_vm", vm)
+        daemon.call("delete_disk", disk)

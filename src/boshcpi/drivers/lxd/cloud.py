@@ -509,7 +509,7 @@ class LXDCloud(Cloud):
         inst, etag = self.instance(vm_cid, "set_vm_metadata")
         config = dict(inst.get("config") or {})
         for key, value in metadata.items():
-            config[META + ids.metadata_key(key)] = value
+            config[naming.metadata_config_key(key)] = value
         inst["config"] = config
         parts = [metadata.get(k, "") for k in ("deployment", "job", "index")]
         if metadata.get("name"):

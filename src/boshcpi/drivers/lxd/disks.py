@@ -8,7 +8,7 @@ rewrite gives each attached disk the hint the guest really resolves.
 
 from __future__ import annotations
 
-from boshcpi import ids, log
+from boshcpi import log
 from boshcpi.agent import settings as agent_settings
 from boshcpi.drivers.lxd import naming, settingsio
 from boshcpi.drivers.lxd.client import LXDError, quote
@@ -416,10 +416,8 @@ def set_metadata(host: LXDHost, disk_cid: str, metadata: dict[str, Any]) -> None
     with mapped("set_disk_metadata"):
         pool, vol = _require(host, disk_cid, "set_disk_metadata")
         changes: dict[str, str | None] = {
-            META + ids.metadata_key(k): str(v)[:MAX_METADATA_VALUE] for k, v in metadata.items()
+            naming.metadata_config_key(k): str(v)[:MAX_METADATA_VALUE] for k, v in metadata.items()
         }
-        changes.pop(META + "kind", None)
-        changes.pop(META + "vm", None)
         parts = [str(metadata.get(k, "")) for k in ("deployment", "instance_group", "instance_index")]
         if any(parts):
             vol = {**vol, "description": ("boshcpi persistent disk of " + "/".join(p for p in parts if p))[:255]}

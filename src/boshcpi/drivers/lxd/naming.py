@@ -60,6 +60,20 @@ OLD_CONTAINER_EPHEMERAL_DEVICE = "eph"  # boshcpi 0.1 containers
 CONFIG_DEVICES = (CONFIG_DEVICE, GO_CONFIG_DEVICE, OLD_CONFIG_DEVICE)
 
 META = "user.bosh."
+# The keys under META the CPI writes and reads back: ownership (`created_by`, which has_vm and
+# delete_vm trust), what a volume is (`kind`, `vm`, `created`, which cleanup trusts), the stemcell,
+# agent and spread group. Manifest metadata never lands on them: a tag named `created_by` would
+# otherwise take a VM away from its CPI (has_vm false, delete_vm a no-op while it runs on).
+OWN_KEYS = frozenset({"created_by", "kind", "vm", "created", "agent_id", "stemcell", "group"})
+TAG_PREFIX = "tag."
+
+
+def metadata_config_key(key: str) -> str:
+    """Where a BOSH metadata key goes in an instance's or volume's config: `user.bosh.<key>`, or
+    `user.bosh.tag.<key>` for a key the CPI owns (and for one already starting with `tag.`, so two
+    keys never share a place)."""
+    k = ids.metadata_key(key)
+    return META + (TAG_PREFIX + k if k in OWN_KEYS or k.startswith(TAG_PREFIX) else k)
 
 
 def serial_prefix(server_type: str) -> str:
