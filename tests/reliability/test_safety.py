@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,42 @@ def test_raw_devices_and_config_need_the_opt_in(daemon, lxd_stemcell_for):
         assert "hostetc" in ctx.api(f"/1.0/instances/{vm}")["devices"]
     finally:
         call(cfg, "delete_vm", vm).ok()
+
+
+def test_a_cloud_config_cannot_attach_another_vms_volumes(daemon, lxd_stemcell_for):
+    """A `devices` entry `{type: disk, pool, source}` naming another VM's config drive (its agent's
+    credentials), ephemeral or persistent disk, or any volume carrying BOSH marks, needs the operator's
+    allow_raw_devices; an operator's own unmarked volume does not."""
+    ctx = daemon
+    sc = lxd_stemcell_for(ctx)
+    victim, _ = ctx.call("create_vm", "agent-victim", sc, {"ephemeral_disk": 16}, network(ctx, 84), [], {}).ok()
+    disk = ctx.call("create_disk", 16, {}, victim).ok()
+    marked, plain = f"marked-{uuid.uuid4().hex[:6]}", f"plain-{uuid.uuid4().hex[:6]}"
+    ctx.cli_run("storage", "volume", "create", "boshcpi-btrfs", marked, "size=8MiB", "user.bosh.kind=persistent")
+    ctx.cli_run("storage", "volume", "create", "boshcpi-btrfs", plain, "size=8MiB")
+    try:
+        # A container's settings live in its filesystem; its ephemeral disk is a volume like a VM's
+        # config drive (vol-c-, refused by the same rule).
+        ephemeral = next(
+            d["source"] for d in ctx.api(f"/1.0/instances/{victim}")["devices"].values()
+            if d.get("type") == "disk" and str(d.get("source", "")).startswith("vol-e-")
+        )  # fmt: skip
+        before = (set(ctx.instances()), set(ctx.volumes()))
+        for source in (ephemeral, disk, marked, f"vol-c-{victim[3:]}-abcdef"):
+            dev = {"steal": {"type": "disk", "pool": "boshcpi-btrfs", "source": source, "path": "/mnt/x"}}
+            resp = ctx.call("create_vm", "agent-thief", sc, {"devices": dev}, network(ctx, 85), [], {})
+            assert resp.error_type == "Bosh::Clouds::CpiError", source
+            assert "allow_raw_devices" in resp.error["message"]
+        assert (set(ctx.instances()), set(ctx.volumes())) == before
+        dev = {"share": {"type": "disk", "pool": "boshcpi-btrfs", "source": plain, "path": "/mnt/share"}}
+        vm, _ = ctx.call("create_vm", "agent-share", sc, {"devices": dev}, network(ctx, 85), [], {}).ok()
+        assert ctx.api(f"/1.0/instances/{vm}")["devices"]["share"]["source"] == plain
+        ctx.call("delete_vm", vm).ok()
+    finally:
+        ctx.call("delete_vm", victim)
+        ctx.call("delete_disk", disk)
+        for name in (marked, plain):
+            ctx.cli_run("storage", "volume", "delete", "boshcpi-btrfs", name, check=False)
 
 
 def _image_tar(path: Path, members: dict[str, bytes]) -> Path:

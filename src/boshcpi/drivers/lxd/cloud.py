@@ -11,7 +11,7 @@ from __future__ import annotations
 from boshcpi import ids, log
 from boshcpi.cloud import Cloud, parse_vm_size
 from boshcpi.drivers.lxd import STEMCELL_FORMATS, naming
-from boshcpi.drivers.lxd.client import LXDError
+from boshcpi.drivers.lxd.client import LXDError, quote
 from boshcpi.drivers.lxd.errors import mapped, to_bosh
 from boshcpi.drivers.lxd.host import META, LXDHost, as_str, instance_path
 from boshcpi.protocol import BoshError, CloudError, CpiError, VMCreationFailed, VMNotFound
@@ -208,12 +208,30 @@ class LXDCloud(Cloud):
             source = str(dev.get("source", ""))
             host_path = dtype == "disk" and (source.startswith("/") or (not dev.get("pool") and bool(source)))
             raw_keys = [k for k in dev if str(k).startswith("raw.")]
+            if dtype == "disk" and dev.get("pool") and source:
+                # A pool volume is safe only if it is nobody's disk: another VM's config drive holds its
+                # agent's credentials, a persistent disk its data.
+                self._check_foreign_volume(str(name), str(dev["pool"]), source)
             if dtype not in SAFE_DEVICE_TYPES or host_path or raw_keys:
                 raise CpiError(
                     f"cloud_properties.devices.{name}: a {dtype or 'untyped'} device"
                     + (" from a host path" if host_path else "")
                     + " is refused unless cpi.json sets server.allow_raw_devices: true"
                 )
+
+    def _check_foreign_volume(self, name: str, pool: str, source: str) -> None:
+        where = f"cloud_properties.devices.{name}"
+        refused = " is refused unless cpi.json sets server.allow_raw_devices: true"
+        if naming.is_cpi_volume(source):
+            raise CpiError(f"{where}: volume {source!r} is a CPI-managed disk or config drive;" + refused)
+        try:
+            vol = self.client.get(f"/1.0/storage-pools/{quote(pool, '')}/volumes/custom/{quote(source, '')}")
+        except LXDError as e:
+            if e.not_found:
+                return  # the daemon says so at create time
+            raise to_bosh(e, f"{where}: volume {source!r}") from None
+        if any(str(k).startswith(META) for k in (vol or {}).get("config") or {}):
+            raise CpiError(f"{where}: volume {source!r} carries BOSH marks (a CPI made it);" + refused)
 
     def _check_capacity(self, size: Any) -> None:
         """CPUs and memory a host cannot give are the caller's mistake, not a VM that never boots. The

@@ -170,6 +170,13 @@ def volume_owner(name: str) -> str | None:
     return None
 
 
+def is_cpi_volume(name: str) -> bool:
+    """A custom volume a CPI made (boshcpi's or the Go CPI's): config drives, ephemeral and persistent
+    disks, by name (a snapshot `disk/snap` counts as its disk)."""
+    base = name.split("/", 1)[0]
+    return base.startswith((CONFIG_PREFIX, EPHEMERAL_PREFIX, LEGACY_DISK_PREFIX)) or is_disk_cid(base)
+
+
 def is_go_volume(name: str, prefix: str) -> bool:
     """`vol-c-<uuid>` / `vol-e-<uuid>`: the Go CPI's config and ephemeral volumes."""
     return ids.has_uuid_after(name, prefix)
