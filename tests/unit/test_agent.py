@@ -110,3 +110,39 @@ def test_writers_are_reproducible_and_handle_long_files():
     assert fat32.read(fat32.build(files), "top") == b""
     with pytest.raises(FileNotFoundError):
         fat32.read(fat32.build(files), "nope")
+
+
+def _fat_entry(image: bytearray, cluster: int) -> int:
+    import struct
+
+    bps, _, reserved = struct.unpack_from("<HBH", image, 11)
+    return reserved * bps + cluster * 4
+
+
+def test_fat32_reader_stops_at_loops_and_bounds_written_by_a_guest():
+    """A config drive comes back from a volume the guest could write: a looping or endless cluster
+    chain is a clear error, never a read that grows without bound."""
+    import struct
+
+    files = {"ec2/latest/user-data": b'{"agent_id": "a"}' * 3000}
+    good = fat32.build(files)
+    root = struct.unpack_from("<I", good, 44)[0]
+    looped = bytearray(good)
+    struct.pack_into("<I", looped, _fat_entry(looped, root), root)  # the root directory points at itself
+    with pytest.raises(ValueError, match="loops"):
+        fat32.read(bytes(looped), "ec2/latest/user-data")
+    # A file entry claiming 4 GiB reads at most what its chain and the image hold.
+    assert len(fat32.read(good, "ec2/latest/user-data")) == len(files["ec2/latest/user-data"])
+    with pytest.raises(ValueError):
+        fat32.read(b"\0" * 4096, "ec2/latest/user-data")
+
+
+def test_fat32_reader_bounds_a_file_by_its_size():
+    import struct
+
+    image = bytearray(fat32.build({"f": b"y" * 10}))
+    # Find the file's entry in the root directory and claim a huge size: the read stays bounded.
+    at = image.find(b"F~1        ")  # the short name of "f" (it has a long name too)
+    assert at > 0
+    struct.pack_into("<I", image, at + 28, 0xFFFFFFFF)
+    assert len(fat32.read(bytes(image), "f")) <= len(image)

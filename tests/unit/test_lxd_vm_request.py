@@ -190,9 +190,12 @@ def test_vm_request(kind, os_line, boot, daemon):
         settings = configdisk.read_settings(image, userdata_path="ec2/latest/user-data")
         copies = [b for p, h, b in uploads if h.get(f"{cloud.host.client.header_prefix}name", "").endswith("-b")]
         assert len(copies) == 1 and settings_from_import(copies[0]) == settings
+        assert "readonly" not in devices["metadata"]  # a CD-ROM
     else:
         assert len(uploads) == 1
         settings = settings_from_import(uploads[0][2])
+        # A block config drive is attached read-only: the guest cannot rewrite what the CPI reads back.
+        assert devices["metadata"]["readonly"] == "true"
     assert settings["agent_id"] == "agent-vm" and settings["mbus"] == "nats://u:p@10.0.0.1:4222"
     # The agent finds the ephemeral disk by path only: the by-id link of its serial.
     assert settings["disks"]["ephemeral"] == {"path": f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_{prefix}ephemeral"}

@@ -194,18 +194,34 @@ def build(files: dict[str, bytes], label: str = "config-2") -> bytes:
 
 
 def read(image: bytes, path: str) -> bytes:
-    """Read one file back from an image written by `build` (long names; used to reread settings)."""
+    """Read one file back from an image written by `build` (long names; used to reread settings).
+
+    The image comes back from a drive a guest could have written to: every cluster chain is bounded
+    by what the image holds (a loop or a chain longer than the image is an error, not a read that
+    eats the memory of the machine running the CPI), and a file's chain by its own size."""
+    if len(image) < 512:
+        raise ValueError("config drive: too short for a FAT32 image")
     bps, spc, reserved, nfats = struct.unpack_from("<HBHB", image, 11)
     fat_size, root_cluster = struct.unpack_from("<I", image, 36)[0], struct.unpack_from("<I", image, 44)[0]
+    if bps not in (512, 1024, 2048, 4096) or spc == 0 or spc & (spc - 1) or not reserved or not nfats:
+        raise ValueError("config drive: not a FAT32 image")
     data_start = reserved + nfats * fat_size
     cluster_bytes = bps * spc
+    most = len(image) // cluster_bytes
 
-    def chain(first: int) -> bytes:
-        out, c = bytearray(), first
-        while 2 <= c < 0x0FFFFFF8:
+    def chain(first: int, size: int | None = None) -> bytes:
+        limit = most if size is None else min(most, -(-size // cluster_bytes))
+        out, c, seen = bytearray(), first, set()
+        while 2 <= c < 0x0FFFFFF8 and len(seen) < limit:
+            if c in seen:
+                raise ValueError("config drive: a FAT cluster chain loops")
+            seen.add(c)
             off = (data_start + (c - 2) * spc) * bps
+            fat = reserved * bps + c * 4
+            if off + cluster_bytes > len(image) or fat + 4 > len(image):
+                raise ValueError("config drive: a FAT cluster chain leaves the image")
             out += image[off : off + cluster_bytes]
-            c = struct.unpack_from("<I", image, reserved * bps + c * 4)[0] & 0x0FFFFFFF
+            c = struct.unpack_from("<I", image, fat)[0] & 0x0FFFFFFF
         return bytes(out)
 
     def entries(cluster: int):
@@ -233,7 +249,7 @@ def read(image: bytes, path: str) -> bytes:
         for name, attr, first, size in entries(cluster):
             if name == part and not attr & 0x08:
                 if depth == len(parts) - 1:
-                    return chain(first)[:size] if size else b""
+                    return chain(first, size)[:size] if size else b""
                 cluster = first
                 break
         else:

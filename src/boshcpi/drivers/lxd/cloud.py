@@ -320,7 +320,7 @@ class LXDCloud(Cloud):
             if is_vm:
                 vol = settingsio.write_config_volume(self.host, vm_cid, settings, target=target)
                 made_volumes.append(vol)
-                devices[naming.CONFIG_DEVICE] = {"type": "disk", "pool": self.pool, "source": vol}
+                devices[naming.CONFIG_DEVICE] = settingsio.config_drive_device(self.host, vol)
             for name, dev in (spec.cloud_properties.get("devices") or {}).items():
                 devices[str(name)] = {str(k): as_str(v) for k, v in (dev or {}).items()}
             body: dict[str, Any] = {

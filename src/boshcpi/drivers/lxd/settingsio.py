@@ -64,7 +64,7 @@ def write_config_volume(host: LXDHost, vm_cid: str, settings: dict[str, Any], ta
     with mapped("write config volume"):
         if uses_iso(host):
             volumes.import_block(
-                host.client, host.pool, name + COPY_SUFFIX, image, {**marks, META + "kind": "config-copy"}
+                host.client, host.pool, name + COPY_SUFFIX, image, {**marks, META + "kind": "config-copy"}, target
             )
             try:
                 volumes.import_iso(host.client, host.pool, name, image, f"boshcpi config drive of {vm_cid}", target)
@@ -72,8 +72,18 @@ def write_config_volume(host: LXDHost, vm_cid: str, settings: dict[str, Any], ta
                 host.delete_volume(name + COPY_SUFFIX)
                 raise
         else:
-            volumes.import_block(host.client, host.pool, name, image, marks)
+            volumes.import_block(host.client, host.pool, name, image, marks, target)
     return name
+
+
+def config_drive_device(host: LXDHost, name: str) -> dict[str, str]:
+    """The instance device of a config drive. A block drive (FAT32, or no `iso` volumes) is attached
+    read-only: root in the guest could otherwise plant a drive that the next settings read chokes on
+    (an `iso` volume is a CD-ROM, read-only by nature)."""
+    dev = {"type": "disk", "pool": host.pool, "source": name}
+    if not uses_iso(host):
+        dev["readonly"] = "true"
+    return dev
 
 
 def delete_config_volume(host: LXDHost, name: str) -> bool:
@@ -145,7 +155,7 @@ def write(host: LXDHost, vm_cid: str, settings: dict[str, Any], kind: str = "") 
     old = (inst.get("devices") or {}).get(device, {}).get("source")
     new = write_config_volume(host, vm_cid, settings, target=_location(inst))
     try:
-        inst.setdefault("devices", {})[device] = {"type": "disk", "pool": host.pool, "source": new}
+        inst.setdefault("devices", {})[device] = config_drive_device(host, new)
         host.put_instance(vm_cid, inst, etag, "write settings")
     except BaseException:
         delete_config_volume(host, new)

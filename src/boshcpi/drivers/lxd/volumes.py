@@ -53,10 +53,15 @@ def backup_tarball(name: str, pool: str, image: bytes, config: dict[str, str]) -
     return gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
 
 
-def import_block(client: LXDClient, pool: str, name: str, image: bytes, config: dict[str, str]) -> None:
+def import_block(
+    client: LXDClient, pool: str, name: str, image: bytes, config: dict[str, str], target: str = ""
+) -> None:
+    """Import a block volume; on a cluster `target` is the member it goes to (the instance's own:
+    LXD and Incus look a disk device's volume up on the instance's member only)."""
     body = backup_tarball(name, pool, image, config)
     headers = {"Content-Type": "application/octet-stream", f"{client.header_prefix}name": name}
-    status, _, payload = client.raw("POST", f"/1.0/storage-pools/{quote(pool, '')}/volumes/custom", body, headers)
+    path = f"/1.0/storage-pools/{quote(pool, '')}/volumes/custom"
+    status, _, payload = client.raw("POST", path, body, headers, params={"target": target})
     client.answer(status, payload, wait=True)
 
 
