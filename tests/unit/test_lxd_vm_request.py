@@ -272,3 +272,42 @@ def test_persistent_hints_follow_the_devices_the_guest_sees():
     # The old disk sorts first among the p... devices; the config drive here is an iso (no sd letter):
     # sda root, sdb ephemeral, sdc p000..., sdd the new disk.
     assert out[old] == {"path": "/dev/sdc"}
+
+
+@pytest.mark.parametrize("daemon", sorted(EXTENSIONS))
+@pytest.mark.parametrize(
+    ("given", "old_keys", "mode"),
+    [
+        # LXD's upgrade patch maps security.csm/secureboot to boot.mode (lxd/patches.go); the reverse
+        # holds for servers without `instance_boot_mode` (LXD <= 6.5, Incus).
+        ({"boot.mode": "bios"}, {"security.csm": "true", "security.secureboot": "false"}, "bios"),
+        ({"boot.mode": "uefi-nosecureboot"}, {"security.secureboot": "false"}, "uefi-nosecureboot"),
+        ({"boot.mode": "uefi-secureboot"}, {"security.secureboot": "true"}, "uefi-secureboot"),
+        # CSM without secure boot off never starts: it is turned off with it.
+        ({"security.csm": "true"}, {"security.csm": "true", "security.secureboot": "false"}, "bios"),
+        (
+            {"security.csm": "true", "security.secureboot": "true"},
+            {"security.csm": "true", "security.secureboot": "false"},
+            "bios",
+        ),
+    ],
+)
+def test_boot_keys_follow_the_server(daemon, given, old_keys, mode):
+    cloud = make("FAT32", "ubuntu-noble", daemon, instance_config={"default": given})
+    cloud.create_vm(spec())
+    cfg = next(b for m, p, b in cloud.host.client.sent if p == "/1.0/instances")["config"]
+    boot = {k: v for k, v in cfg.items() if k.startswith(("security.", "boot.mode"))}
+    assert boot == ({"boot.mode": mode} if "instance_boot_mode" in EXTENSIONS[daemon] else old_keys)
+
+
+def test_no_matching_line_and_no_default_is_refused_before_anything_is_made():
+    cloud = make("FAT32", "ubuntu-noble", instance_config={"jammy": {"security.csm": "true"}})
+    with pytest.raises(CpiError, match=r"instance_config.*no entry matches.*no `default`"):
+        cloud.create_vm(spec())
+    assert not [p for m, p, b in cloud.host.client.sent if m == "POST"]
+
+
+def test_an_unknown_boot_mode_is_refused():
+    cloud = make("FAT32", "ubuntu-noble", instance_config={"default": {"boot.mode": "legacy"}})
+    with pytest.raises(CpiError, match=r"boot\.mode 'legacy'"):
+        cloud.create_vm(spec())

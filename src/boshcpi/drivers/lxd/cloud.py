@@ -144,17 +144,43 @@ class LXDCloud(Cloud):
     def _boot_config(self, image: dict[str, Any]) -> dict[str, str]:
         """Instance config of a VM by stemcell line: the first `instance_config` key found in the image's
         properties (boshcpi's os/name, the Go CPI's description `<name>-<version>`), else `default`
-        (the Go CPI's fallback) or `*`."""
-        line = " ".join(str(v) for v in (image.get("properties") or {}).values()).lower()
+        (the Go CPI's fallback) or `*`; with neither, a clear error (as the Go CPI refuses), never an
+        empty config the daemon would boot with its own defaults.
+
+        The boot keys follow the server: LXD 6.6+ (API extension `instance_boot_mode`) has `boot.mode`
+        only, older LXD and Incus have `security.csm`/`security.secureboot` only. Either spelling in
+        the config is translated to the server's, as LXD's own upgrade patch maps the old keys to
+        `boot.mode`; and CSM needs secure boot off, or the VM never starts."""
+        props = image.get("properties") or {}
+        line = " ".join(str(v) for v in props.values()).lower()
         ic = self.cfg.server.instance_config
-        fallback = ic.get("default", ic.get("*", {}))
-        chosen = dict(next((v for k, v in ic.items() if k not in ("*", "default") and k.lower() in line), fallback))
+        matched = next((v for k, v in ic.items() if k not in ("*", "default") and k.lower() in line), None)
+        if matched is None:
+            matched = ic.get("default", ic.get("*"))
+        if matched is None:
+            name = props.get("bosh.stemcell.name") or props.get("description") or "this stemcell"
+            raise CpiError(
+                f"server.instance_config: no entry matches {name} and there is no `default` entry "
+                f"(keys: {', '.join(sorted(ic)) or 'none'})"
+            )
+        chosen = dict(matched)
+        mode = chosen.pop("boot.mode", "")
+        if mode not in ("", "bios", "uefi-secureboot", "uefi-nosecureboot"):
+            raise CpiError(
+                f"server.instance_config: boot.mode {mode!r} is not bios, uefi-secureboot or uefi-nosecureboot"
+            )
+        csm = chosen.pop("security.csm", "false") == "true"
+        secure_key = chosen.pop("security.secureboot", None)
+        secure = secure_key == "true" and not csm
+        if mode:
+            csm, secure = mode == "bios", mode == "uefi-secureboot"
         if self.client.has_extension("instance_boot_mode"):
-            # LXD 6.6+ replaced security.csm/security.secureboot with boot.mode.
-            csm = chosen.pop("security.csm", "false") == "true"
-            secure = chosen.pop("security.secureboot", "false") == "true"
-            chosen.setdefault("boot.mode", "bios" if csm else "uefi-secureboot" if secure else "uefi-nosecureboot")
-        if self.cfg.server.bios_path and chosen.get("security.csm") != "true" and "boot.mode" not in chosen:
+            chosen["boot.mode"] = "bios" if csm else "uefi-secureboot" if secure else "uefi-nosecureboot"
+        elif mode or csm or secure_key is not None:
+            if csm:
+                chosen["security.csm"] = "true"
+            chosen["security.secureboot"] = "true" if secure else "false"
+        if self.cfg.server.bios_path and not csm and "boot.mode" not in chosen:
             chosen["raw.qemu"] = f"-bios {self.cfg.server.bios_path}"
         return chosen
 
