@@ -41,6 +41,10 @@ class RecordingDaemon:
     def has_extension(self, name):
         return name in EXTENSIONS[self.daemon]
 
+    @property
+    def server_type(self):
+        return "incus" if self.daemon.startswith("incus") else "lxd"
+
     def get(self, path, **kw):
         if path.startswith("/1.0/images/aliases/"):
             return {"target": "f" * 64, "type": "virtual-machine"}
@@ -311,3 +315,35 @@ def test_an_unknown_boot_mode_is_refused():
     cloud = make("FAT32", "ubuntu-noble", instance_config={"default": {"boot.mode": "legacy"}})
     with pytest.raises(CpiError, match=r"boot\.mode 'legacy'"):
         cloud.create_vm(spec())
+
+
+def test_after_lxd_to_incus_the_daemon_not_the_config_names_the_serials():
+    """cpi.json still says `server.type: lxd` after an `lxd-to-incus` migration: the serials the guest
+    sees start with incus_, so new disks, the system and ephemeral hints and every persistent hint
+    follow the daemon (GET /1.0 environment.server)."""
+    from boshcpi.drivers.lxd import disks, naming
+
+    cloud = make("CDROM", "ubuntu-noble", "incus-6.0", type="lxd")
+    assert cloud.host.server_type == "incus"
+    assert cloud.host.client.header_prefix == "X-Incus-"
+    assert naming.new_disk_cid(cloud.host.server_type).startswith("incus_p")
+    cloud.create_vm(spec())
+    settings = settings_from_import(next(b for p, h, b in imports(cloud) if h["X-Incus-name"].endswith("-b")))
+    assert settings["disks"]["system"].endswith("_incus_root")
+    assert settings["disks"]["ephemeral"]["path"].endswith("_incus_ephemeral")
+    # A disk made before the migration (lxd_p + 15 hex), attached on Incus: its device keeps the name
+    # it had, whose incus_ serial would be 22 characters (over QEMU's 20), so the hint is the sd path
+    # the guest gives it, not the lxd_ link that no longer exists.
+    migrated = naming.new_disk_cid("lxd")
+    inst = {
+        "type": "virtual-machine",
+        "devices": {
+            "root": {"type": "disk", "path": "/"},
+            "ephemeral": {"type": "disk", "source": "vol-e-x"},
+            "metadata": {"type": "disk", "source": "vol-c-x"},
+            migrated[len("lxd_") :]: {"type": "disk", "source": migrated},
+        },
+    }
+    out = disks.refresh_hints(cloud.host, inst, {"disks": {"persistent": {migrated: {}}}})["disks"]["persistent"]
+    assert "lxd_" not in out[migrated]["path"]
+    assert out[migrated] == {"path": "/dev/sdc"}

@@ -174,7 +174,6 @@ class LXDClient:
         server_cert: str = "",
         insecure: bool = False,
         timeout: float = 600.0,
-        server_type: str = "",
     ) -> None:
         self.url = url
         self.project = project
@@ -182,8 +181,6 @@ class LXDClient:
         self._tls = (client_cert, client_key, server_cert, insecure)
         self._conn: _Connection | None = None
         self._server: dict[str, Any] | None = None
-        # The configured type saves a GET /1.0 per call; doctor warns when it is wrong.
-        self._server_type = server_type
 
     # ---- connection ------------------------------------------------------------------------
     def _connect(self) -> _Connection:
@@ -220,8 +217,9 @@ class LXDClient:
 
     @property
     def header_prefix(self) -> str:
-        kind = self._server_type or self.server_type
-        return "X-Incus-" if kind == "incus" else "X-LXD-"
+        # The daemon's own word, not cpi.json's server.type: after `lxd-to-incus` the config may still
+        # say lxd, and Incus reads only its own headers.
+        return "X-Incus-" if self.server_type == "incus" else "X-LXD-"
 
     def has_extension(self, name: str) -> bool:
         return name in (self.server.get("api_extensions") or [])

@@ -35,7 +35,6 @@ def connect(cfg: Config) -> LXDClient:
         server_cert=s.tls_server_cert,
         insecure=s.insecure_skip_verify,
         timeout=cfg.operation_timeout,
-        server_type=s.type,
     )
 
 
@@ -88,7 +87,10 @@ class LXDHost:
 
     @property
     def server_type(self) -> str:
-        return self.cfg.server.type
+        """'lxd' or 'incus' as the daemon says (GET /1.0, once per call), never cpi.json's
+        `server.type`: after an `lxd-to-incus` migration the config may still say lxd, while every
+        disk serial the guest sees starts with `incus_` (new disk cids and all hints follow it)."""
+        return self.client.server_type
 
     # ---- instances -----------------------------------------------------------------------
     def find_instance(self, name: str) -> dict[str, Any] | None:
