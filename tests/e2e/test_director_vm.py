@@ -23,6 +23,7 @@ sets up its own; see agentimage.REAL_MONITRC)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -238,11 +239,27 @@ def _libvirt_side(guest: Guest, test_stemcells, libvirt_pool: str) -> None:
         pool = conn.storagePoolLookupByName(libvirt_pool)
         pool.refresh(0)
         assert pool.listVolumes() == []
-        report = guest.run(
+        cleanup = (
             "/var/vcap/packages/boshcpi/bin/boshcpi", "cleanup", "--config",
-            "/var/vcap/jobs/libvirt_cpi/config/cpi.json", "--json", user=True,
+            "/var/vcap/jobs/libvirt_cpi/config/cpi.json", "--json", "--older-than", "1h",
         )  # fmt: skip
-        assert json.loads(report) == [] or json.loads(report).get("orphans") == []
+        assert json.loads(guest.run(*cleanup, user=True))["orphans"] == []
+        # A config drive nobody uses, made a moment ago (as an in-flight create_vm's is): from the
+        # director its path names nothing, so its age must come from libvirtd, and it is young.
+        name = f"vol-c-{uuid.uuid4()}-{uuid.uuid4().hex[:6]}"
+        vol = pool.createXML(
+            f"<volume><name>{name}</name><capacity unit='KiB'>64</capacity><target><format type='raw'/></target>"
+            "</volume>"
+        )
+        try:
+            assert json.loads(guest.run(*cleanup, user=True))["orphans"] == []
+            old = time.time() - 7200  # two hours ago, on the libvirt host
+            os.utime(vol.path(), (old, old))
+            pool.refresh(0)
+            orphans = json.loads(guest.run(*cleanup, user=True))["orphans"]
+            assert [o["name"] for o in orphans] == [name]
+        finally:
+            vol.delete(0)
     finally:
         conn.close()
 

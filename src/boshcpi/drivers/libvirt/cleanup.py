@@ -1,14 +1,20 @@
 """Orphans on a libvirt host: config drives no domain uses, boot and ephemeral volumes whose domain is
 gone (boshcpi's `<vm>-root`, `vol-e-`, `vol-c-`; the Go CPI's `bdisk-`, `edisk-`, `cdisk-`), and domains
 a killed create_vm left defined but never started. Persistent disks (`virt_p...`, `vol-p-...`,
-`pdisk-...`), their snapshots and stemcells are never listed."""
+`pdisk-...`), their snapshots and stemcells are never listed.
+
+A volume's age is the libvirt host's own: its timestamps in the volume's XML against the libvirt
+host's clock (read from a probe volume made and deleted at once), never this machine's `os.stat` of a
+path that on a remote libvirtd names nothing here (every volume would look old, an in-flight
+create_vm's included). A volume whose age cannot be told is left alone. `remove` checks again, just
+before deleting, that no domain uses the volume."""
 
 from __future__ import annotations
 
 import os
 import time
 
-from boshcpi import ids
+from boshcpi import ids, log
 from boshcpi.drivers.libvirt import naming, xmltree
 from boshcpi.drivers.libvirt.host import LibvirtHost
 from boshcpi.report import Orphan
@@ -36,12 +42,33 @@ class Cleaner:
                         used.add(src.get("file"))
         return used
 
+    def _now(self) -> float | None:
+        """The libvirt host's clock: this machine's where libvirtd is local, else the timestamp of a
+        probe volume made and deleted at once (None where the pool reports no timestamps)."""
+        if self.host.is_local:
+            return time.time()
+        name = PROBE_PREFIX + os.urandom(6).hex()
+        try:
+            vol = self.host.new_volume(name, 0, "raw")
+        except Exception as e:
+            log.warn(f"cannot read the libvirt host's clock: {e}")
+            return None
+        try:
+            return _mtime(vol)
+        finally:
+            self.host.delete_volume(name)
+
+    def _age(self, vol: object, now: float | None) -> float | None:
+        mtime = _mtime(vol)
+        return None if mtime is None or now is None else max(0.0, now - mtime)
+
     def find(self, older_than: float) -> list[Orphan]:
         host = self.host
         pool = host.pool
         pool.refresh(0)
         domains = {d.name(): d for d in host.all_domains()}
         used = self._used_paths()
+        now = self._now()
         found: list[Orphan] = []
         for name, dom in domains.items():
             if not ids.is_vm_cid(name):
@@ -56,25 +83,21 @@ class Cleaner:
             ):
                 found.append(Orphan("instance", name, age, "defined but never started (interrupted create_vm)"))
         for vol_name in pool.listVolumes():
+            if vol_name.startswith(PROBE_PREFIX):
+                age = self._age(pool.storageVolLookupByName(vol_name), now)
+                if age is not None and age >= max(older_than, 600):
+                    found.append(Orphan("clock-probe", vol_name, age, "a cleanup's clock probe, left by a killed run"))
+                continue
             owner = naming.volume_owner(vol_name)
             if owner is None or naming.is_disk_cid(vol_name):
                 continue
             vol = pool.storageVolLookupByName(vol_name)
-            path = vol.path()
-            if path in used:
+            if vol.path() in used:
                 continue
-            try:
-                age = time.time() - os.stat(path).st_mtime
-            except OSError:
-                age = None
-            if age is not None and age < older_than:
-                continue
-            if vol_name.endswith(naming.ROOT_SUFFIX) or vol_name.startswith(naming.GO_BOOT_PREFIX):
-                kind = "boot-overlay"
-            elif vol_name.startswith((naming.CONFIG_PREFIX, naming.GO_CONFIG_PREFIX)):
-                kind = "config-volume"
-            else:
-                kind = "ephemeral-volume"
+            age = self._age(vol, now)
+            if age is None or age < older_than:
+                continue  # too young, or of an age nobody can tell: left alone
+            kind = _kind(vol_name)
             if kind != "config-volume" and owner in domains:
                 continue
             found.append(Orphan(kind, vol_name, age, f"no domain uses it (VM {owner})"))
@@ -89,7 +112,35 @@ class Cleaner:
                 cloud.host = self.host
                 cloud.delete_vm(orphan.name)
             else:
-                self.host.delete_volume(orphan.name)
+                # Found a moment ago; a create_vm or attach may have taken it up since.
+                vol = self.host.volume(orphan.name)
+                if vol is not None:
+                    owner = naming.volume_owner(orphan.name)
+                    if vol.path() in self._used_paths():
+                        raise RuntimeError("a domain uses it now")
+                    if orphan.kind in ("boot-overlay", "ephemeral-volume") and owner and self.host.domain(owner):
+                        raise RuntimeError(f"its VM {owner} exists now")
+                    self.host.delete_volume(orphan.name)
             orphan.removed = True
         except Exception as e:
             orphan.error = str(e)
+
+
+PROBE_PREFIX = "boshcpi-clock-"
+
+
+def _kind(vol_name: str) -> str:
+    if vol_name.endswith(naming.ROOT_SUFFIX) or vol_name.startswith(naming.GO_BOOT_PREFIX):
+        return "boot-overlay"
+    if vol_name.startswith((naming.CONFIG_PREFIX, naming.GO_CONFIG_PREFIX)):
+        return "config-volume"
+    return "ephemeral-volume"
+
+
+def _mtime(vol: object) -> float | None:
+    """A volume's modification time on the libvirt host, from its XML (dir and fs pools report it)."""
+    el = xmltree.fromstring(vol.XMLDesc(0)).find("target/timestamps/mtime")  # type: ignore[attr-defined]
+    try:
+        return float(el.text) if el is not None and el.text else None
+    except ValueError:
+        return None
