@@ -98,3 +98,49 @@ def test_a_client_certificate_libvirtd_does_not_trust_is_one_line_and_final(tmp_
     assert resp.error["ok_to_retry"] is False
     assert "\n" not in resp.error["message"]
     assert "certificate" in resp.error["message"].lower()
+
+
+def _cleanup(cfg: Path, *args: str) -> dict:
+    from tests.helpers import BOSHCPI, ROOT
+
+    out = subprocess.run(
+        [*BOSHCPI, "cleanup", "--config", str(cfg), "--json", "--older-than", "1h", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    return json.loads(out.stdout)
+
+
+def test_cleanup_over_tcp_judges_age_by_libvirtds_clock(tmp_path, libvirt_pool, pki):
+    """Over the network the CPI cannot stat the pool's files: an orphan's age is libvirtd's (volume
+    timestamps against its clock). A fresh one (an in-flight create_vm's) is left alone, an old one
+    is removed, and no probe volume is left behind."""
+    import os
+    import time
+    import uuid
+
+    from boshcpi.drivers.libvirt import remote
+
+    cfg = _config(tmp_path, libvirt_pool, f"qemu+tcp://{LISTEN}/system")
+    conn = remote.open("qemu:///system")
+    pool = conn.storagePoolLookupByName(libvirt_pool)
+    name = f"vol-c-{uuid.uuid4()}-{uuid.uuid4().hex[:6]}"
+    vol = pool.createXML(
+        f"<volume><name>{name}</name><capacity unit='KiB'>64</capacity><target><format type='raw'/></target></volume>"
+    )
+    try:
+        assert _cleanup(cfg)["orphans"] == []
+        old = time.time() - 7200
+        os.utime(vol.path(), (old, old))
+        pool.refresh(0)
+        assert [o["name"] for o in _cleanup(cfg)["orphans"]] == [name]
+        applied = _cleanup(cfg, "--apply")
+        assert [(o["name"], o["removed"]) for o in applied["orphans"]] == [(name, True)]
+        pool.refresh(0)
+        assert not [v for v in pool.listVolumes() if v == name or v.startswith("boshcpi-clock-")]
+    finally:
+        pool.refresh(0)
+        if name in pool.listVolumes():
+            vol.delete(0)
+        conn.close()
