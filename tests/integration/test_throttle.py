@@ -187,3 +187,44 @@ def test_hold_reclaims_a_hung_lease(tmp_path):
         server.send_signal(signal.SIGTERM)
         err = server.communicate(timeout=30)[1]
     assert "reclaimed (hold exceeded)" in err
+
+
+def test_a_lease_is_renewed_while_its_call_runs(lxd, lxd_stemcell, tmp_path):
+    """A call that outlasts the hold (a large create_stemcell, a slow create_vm) keeps its lease: the
+    CPI renews it every third of the hold, so the limit keeps holding. Killed, it frees it at once."""
+    sock = tmp_path / "throttle.sock"
+    server = start_server(sock, 1, "1s")
+    holder = None
+    try:
+        config = lxd.write_config(throttle_config={"enabled": True, "path": str(sock), "limit": 1})
+        request = json.dumps(
+            {"method": "create_vm", "arguments": ["agent-r", lxd_stemcell, {}, {}, [], {}], "context": {}}
+        )
+        holder = subprocess.Popen(
+            [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(config)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "BOSHCPI_PAUSE_AT": "instance"},
+        )
+        holder.stdin.write(request.encode())
+        holder.stdin.close()
+        for line in holder.stderr:
+            if b"paused at instance" in line:
+                break
+        time.sleep(4)  # four holds
+        active = status(sock)["active"]
+        assert len(active) == 1 and active[0]["held"] > 3.5 and "create_vm" in active[0]["client"]
+        holder.kill()
+        holder.wait()
+        deadline = time.monotonic() + 5
+        while status(sock)["active"]:
+            assert time.monotonic() < deadline, "lease not released"
+            time.sleep(0.1)
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        server.send_signal(signal.SIGTERM)
+        err = server.communicate(timeout=30)[1]
+    assert "reclaimed (hold exceeded)" not in err

@@ -38,6 +38,7 @@ class Lease:
         self.socket_path, self.limit, self.wait_timeout, self.method = socket_path, limit, wait_timeout, method
         self._sock = None
         self._fd = -1
+        self._stop_renewing: object = None
 
     def _from_server(self) -> bool:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -68,7 +69,28 @@ class Lease:
         self._sock = sock
         if reply.get("waited", 0) > 0.5:
             log.info(f"throttle: waited {reply['waited']:.1f}s for lease {reply.get('lease')}")
+        hold = reply.get("hold")
+        if isinstance(hold, (int, float)) and hold > 0:
+            self._keep_renewing(sock, float(hold))
         return True
+
+    def _keep_renewing(self, sock: object, hold: float) -> None:
+        """Renew the lease every third of its hold while the call runs: a large create_stemcell or a
+        slow create_vm outlasts any sensible hold, and a lease reclaimed mid-call stops the limit from
+        holding. A daemon thread: it ends with the call (the socket closes) or the process."""
+        import threading
+
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(max(hold / 3, 0.05)):
+                try:
+                    sock.sendall(b'{"op": "renew"}\n')  # type: ignore[attr-defined]
+                except OSError:
+                    return
+
+        self._stop_renewing = stop
+        threading.Thread(target=renew, name="boshcpi-lease-renew", daemon=True).start()
 
     def __enter__(self) -> Lease:
         if not self._from_server():
@@ -93,6 +115,9 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         _trace("exit", self.method)
+        if self._stop_renewing is not None:
+            self._stop_renewing.set()  # type: ignore[attr-defined]
+            self._stop_renewing = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -5,14 +5,17 @@ Protocol (newline-delimited JSON on a unix socket, one held connection per lease
     client -> {"op": "acquire", "id": "<pid>:<method>"}
     server -> {"granted": true, "lease": "L7", "slot": 2, "waited": 1.25}     (when it is its turn)
     ... the client does its heavy call ...
+    client -> {"op": "renew"}      (every hold/3 seconds while its call runs: the lease is kept)
     client closes the connection (or sends {"op": "release"})  -> the lease is released
 
     client -> {"op": "status"}
     server -> {"limit": 4, "active": [...], "waiting": n}
 
 Waiters are served in arrival order. A lease is released the moment its connection closes, so a
-CPI killed with SIGKILL frees its lease at once; a lease held longer than `hold` is reclaimed (the
-connection is closed and the slot freed) so a hung CPI cannot wedge the host either. Leases are
+CPI killed with SIGKILL frees its lease at once; a lease not renewed for `hold` is reclaimed (the
+connection is closed and the slot freed) so a hung CPI cannot wedge the host either. A CPI renews its
+lease while its call runs (a large create_stemcell takes longer than any sensible hold), up to
+MAX_RENEWED_HOLDS holds in all. Leases are
 backed by the same flock slots the CPI falls back to when the server is down, so the limit holds
 across both. SIGTERM stops accepting, turns waiters away (they fall back to the slots), and exits
 when the active leases end or their hold runs out.
@@ -41,6 +44,7 @@ FIRST_LINE_TIMEOUT = 5.0
 MAX_LINE = 4096
 MAX_CONNECTIONS = 512
 MAX_WAITERS = 256
+MAX_RENEWED_HOLDS = 30  # a lease renewed for longer than 30 holds (an hour at the default 2m) is reclaimed
 
 
 def printable(text: object, limit: int = 120) -> str:
@@ -61,6 +65,7 @@ class Lease:
     slot: int = -1
     fd: int = -1
     granted_at: float = 0.0
+    renewed_at: float = 0.0
     queued_at: float = field(default_factory=time.monotonic)
     granted: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -84,7 +89,7 @@ class ThrottleServer:
                 return  # all slots taken (by leases or by CPIs using the fallback)
             lease = self.waiting.popleft()
             lease.slot, lease.fd = got
-            lease.granted_at = time.monotonic()
+            lease.granted_at = lease.renewed_at = time.monotonic()
             self.active[lease.name] = lease
             lease.granted.set()
 
@@ -102,7 +107,7 @@ class ThrottleServer:
             await asyncio.sleep(self.poll)
             now = time.monotonic()
             for lease in list(self.active.values()):
-                if now - lease.granted_at > self.hold:
+                if now - lease.renewed_at > self.hold or now - lease.granted_at > self.hold * MAX_RENEWED_HOLDS:
                     lease.writer.close()
                     self._release(lease, "reclaimed (hold exceeded)")
             self._grant_waiters()  # fallback users may have freed slots
@@ -182,17 +187,36 @@ class ThrottleServer:
             _log(f"granted {lease.name} to {lease.client} (slot {lease.slot}, waited {waited:.2f}s)")
             writer.write(
                 (
-                    json.dumps({"granted": True, "lease": lease.name, "slot": lease.slot, "waited": round(waited, 3)})
+                    json.dumps(
+                        {
+                            "granted": True,
+                            "lease": lease.name,
+                            "slot": lease.slot,
+                            "waited": round(waited, 3),
+                            "hold": self.hold,
+                        }
+                    )
                     + "\n"
                 ).encode()
             )
             await writer.drain()
-            # Held until the client closes or says release.
+            # Held until the client closes or says release; each renew line restarts the hold.
+            pending = await closed
+            if not pending:
+                return
             while True:
-                data = closed.result() if closed.done() else await closed
-                if not data or b"\n" in data or b"release" in data:
-                    break
-                closed = asyncio.ensure_future(reader.read(64))
+                while b"\n" in pending:
+                    line, _, pending = pending.partition(b"\n")
+                    if b"renew" in line and b"release" not in line:
+                        lease.renewed_at = time.monotonic()
+                    else:
+                        return  # release, or anything else: the lease ends
+                if len(pending) > MAX_LINE:
+                    return
+                data = await reader.read(256)
+                if not data:
+                    return
+                pending += data
         except (ConnectionError, OSError):
             pass
         finally:
