@@ -290,11 +290,12 @@ def test_director_vm_compiles_the_release_and_drives_the_host(
         out = boshcli.timed(f"director create-env ({kind})", boshcli.run, *args)
         boshcli.keep_compiled()
         # Only the deploy stage's compiles: the installation's (the CPI, on this machine) come before it.
-        deploy = out.stdout.split("Deploying:", 1)[-1]
+        log_text = out.stdout + out.stderr
+        deploy = log_text.split("Deploying:", 1)[-1]
         compiled = [line.strip() for line in deploy.splitlines() if "Compiling package" in line]
         print("\n".join(compiled))
         # The agent compiled python3 and boshcpi on the guest (the CLI's remote compiler).
-        assert any("python3/" in line and "Finished" in line for line in compiled), out.stdout[-3000:]
+        assert any("python3/" in line and "Finished" in line for line in compiled), log_text[-3000:]
         vm = json.loads(state.read_text())["current_vm_cid"]
         guest = Guest(ctx, vm)
         # The guest is stemcell-like, and its python3 was built without what the stemcell lacks.

@@ -143,3 +143,40 @@ def test_daemon_restart_during_a_call(lxd, tmp_path):
     assert ctx.api(f"/1.0/images/aliases/{sc}") is not None
     ctx.call("delete_stemcell", sc).ok()
     assert set(ctx.images()) == images_before
+
+
+def test_create_vm_killed_after_its_instance_started(lxd, lxd_stemcell, test_stemcells):
+    """create_vm killed after the instance started (a director worker restarted): the instance is an
+    interrupted attempt, not the director's VM. The director's retry with the same address reclaims it
+    (never two VMs with one address, never a start refused), and without a retry `cleanup` does; then
+    delete_stemcell has no leftover VM in its way."""
+    ctx = lxd
+    before = set(ctx.instances())
+    args = ["agent-s1", lxd_stemcell, {"ephemeral_disk": 16}, network(ctx, 26), [], {}]
+    for round_ in range(3):
+        killed_call(ctx.config_path, "create_vm", args, "started")
+        left = set(ctx.instances()) - before
+        assert len(left) == 1, round_
+        assert ctx.api(f"/1.0/instances/{next(iter(left))}")["status"] == "Running"
+    # Each kill's retry reclaimed the attempt before it: one interrupted instance is left, and the
+    # director's retry now succeeds on the same address.
+    vm, _ = ctx.call("create_vm", *args).ok()
+    holders = [
+        i["name"]
+        for i in ctx.api("/1.0/instances?recursion=1")
+        if any(d.get("ipv4.address") == f"{ctx.subnet}.26" for d in i["devices"].values())
+    ]
+    assert holders == [vm]
+    assert not ctx.api(f"/1.0/instances/{vm}")["config"].get("user.bosh.creating")  # answered: the mark is gone
+    assert cleanup(ctx.config_path)["orphans"] == []  # the answered VM is the director's
+    ctx.call("delete_vm", vm).ok()
+    # No retry: cleanup finds the attempt and removes it, with its volumes.
+    d = test_stemcells["warden"]
+    sc = ctx.call("create_stemcell", str(d / "image"), {**stemcells.cloud_properties(d), "version": "16.1"}).ok()
+    killed_call(
+        ctx.config_path, "create_vm", ["agent-s2", sc, {"ephemeral_disk": 16}, network(ctx, 27), [], {}], "started"
+    )
+    found = cleanup(ctx.config_path, "--apply")["orphans"]
+    assert [(o["kind"], o["removed"]) for o in found if o["kind"] == "instance"] == [("instance", True)]
+    assert set(ctx.instances()) == before
+    assert ctx.call("delete_stemcell", sc).ok() is None

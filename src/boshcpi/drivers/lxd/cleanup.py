@@ -69,10 +69,9 @@ class Cleaner:
             cfg = inst.get("config") or {}
             if not ids.is_vm_cid(inst["name"]) or cfg.get(META + "created_by") != "boshcpi":
                 continue
-            never_started = inst.get("status") == "Stopped" and "volatile.last_state.power" not in cfg
-            age = _age_from_iso(inst.get("created_at"))
-            if never_started and old_enough(age):
-                reason = "created but never started (interrupted create_vm)"
+            age = _age_from_epoch(cfg.get(META + naming.CREATING_KEY)) or _age_from_iso(inst.get("created_at"))
+            if naming.interrupted(inst) and old_enough(age):
+                reason = "an interrupted create_vm's instance (create_vm never answered)"
                 found.append(Orphan("instance", inst["name"], age, reason, inst.get("location", "")))
         vols = client.get(volumes_path(pool), params={"recursion": 1}) or []
         by_name = {v["name"]: v for v in vols if "/" not in v["name"]}  # snapshots list as disk/snap

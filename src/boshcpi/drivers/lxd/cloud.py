@@ -13,7 +13,7 @@ from boshcpi.cloud import Cloud, parse_vm_size
 from boshcpi.drivers.lxd import STEMCELL_FORMATS, naming
 from boshcpi.drivers.lxd.client import LXDError, quote
 from boshcpi.drivers.lxd.errors import mapped, to_bosh
-from boshcpi.drivers.lxd.host import META, LXDHost, as_str, instance_path
+from boshcpi.drivers.lxd.host import META, LXDHost, as_str, instance_path, now
 from boshcpi.protocol import BoshError, CloudError, CpiError, VMCreationFailed, VMNotFound
 
 # Modules only some methods need are imported there: has_vm and info load as little as possible.
@@ -203,6 +203,9 @@ class LXDCloud(Cloud):
                 META + "agent_id": spec.agent_id,
                 META + "stemcell": spec.stemcell_cid,
                 META + "created_by": "boshcpi",
+                # Until create_vm answers, the instance is an attempt, not the director's VM: a killed
+                # create_vm leaves it marked, and the retry for its address and `cleanup` reclaim it.
+                META + naming.CREATING_KEY: now(),
             }
         )
         return config
@@ -362,6 +365,7 @@ class LXDCloud(Cloud):
                 # A name the daemon knows (e.g. t2.micro), passed on as the Go CPI did: it sizes the VM.
                 body["instance_type"] = size.named_type
             fail_point("instance")
+            self._reclaim_addresses(vm_cid, devices)
             made_instance = True  # set before the call: a timeout may still leave it behind
             with mapped("create_vm: instance"):
                 self.client.request("POST", "/1.0/instances", body, params={"target": target})
@@ -371,6 +375,10 @@ class LXDCloud(Cloud):
                 self._start(vm_cid)
             else:
                 settingsio.settings_then_start(self.host, vm_cid, settings, self._start)
+            fail_point("started")
+            with mapped("create_vm: done"):
+                # The VM is the director's from here on (a PATCH changes only this key, live).
+                self.client.request("PATCH", instance_path(vm_cid), {"config": {META + naming.CREATING_KEY: ""}})
         except BaseException as e:
             self._undo_create(vm_cid, made_instance, made_volumes)
             if isinstance(e, (VMCreationFailed, CpiError)):
@@ -399,20 +407,26 @@ class LXDCloud(Cloud):
             self.client.request("PUT", instance_path(vm_cid) + "/state", {"action": "start", "timeout": 60})
         except LXDError as e:
             # The director retries an interrupted create_vm with the same IP; the interrupted
-            # attempt's never-started instance still claims that address. Reclaim and retry once.
-            if "already defined on another nic" not in e.message.lower() or not self._reclaim_addresses(vm_cid):
+            # attempt's instance may still claim that address. Reclaim and retry once.
+            inst = (
+                self.client.get(instance_path(vm_cid)) if "already defined on another nic" in e.message.lower() else {}
+            )
+            if not inst or not self._reclaim_addresses(vm_cid, inst.get("devices") or {}):
                 raise to_bosh(e, "start") from None
             with mapped("start"):
                 self.client.request("PUT", instance_path(vm_cid) + "/state", {"action": "start", "timeout": 60})
 
-    def _reclaim_addresses(self, vm_cid: str) -> bool:
-        """Delete never-started boshcpi instances holding one of this VM's NIC addresses."""
-        inst = self.client.get(instance_path(vm_cid))
+    def _reclaim_addresses(self, vm_cid: str, devices: dict[str, Any]) -> bool:
+        """Delete interrupted create_vm attempts (boshcpi instances still marked `creating`, running or
+        not, or never started) that hold one of this VM's NIC addresses: the director's retry of a
+        killed create_vm asks for the same address, and only one VM may have it."""
         wanted = {
             (d.get("network") or d.get("parent"), d.get("ipv4.address"))
-            for d in (inst.get("devices") or {}).values()
+            for d in devices.values()
             if d.get("type") == "nic" and d.get("ipv4.address")
         }
+        if not wanted:
+            return False
         reclaimed = False
         for other in self.client.get("/1.0/instances", params={"recursion": 1}) or []:
             cfg = other.get("config") or {}
@@ -420,8 +434,7 @@ class LXDCloud(Cloud):
                 other["name"] == vm_cid
                 or not ids.is_vm_cid(other["name"])
                 or cfg.get(META + "created_by") != "boshcpi"
-                or other.get("status") != "Stopped"
-                or "volatile.last_state.power" in cfg
+                or not naming.interrupted(other)
             ):
                 continue
             held = {
@@ -430,7 +443,7 @@ class LXDCloud(Cloud):
                 if d.get("type") == "nic"
             }
             if held & wanted:
-                log.warn(f"reclaiming the address(es) of {other['name']}: never started (an interrupted create_vm)")
+                log.warn(f"reclaiming the address(es) of {other['name']}: an interrupted create_vm's instance")
                 self.delete_owned(other["name"], other)
                 reclaimed = True
         return reclaimed

@@ -64,7 +64,18 @@ META = "user.bosh."
 # delete_vm trust), what a volume is (`kind`, `vm`, `created`, which cleanup trusts), the stemcell,
 # agent and spread group. Manifest metadata never lands on them: a tag named `created_by` would
 # otherwise take a VM away from its CPI (has_vm false, delete_vm a no-op while it runs on).
-OWN_KEYS = frozenset({"created_by", "kind", "vm", "created", "agent_id", "stemcell", "group"})
+OWN_KEYS = frozenset({"created_by", "kind", "vm", "created", "agent_id", "stemcell", "group", "creating"})
+CREATING_KEY = "creating"
+
+
+def interrupted(inst: dict) -> bool:
+    """An instance an interrupted create_vm left: still marked `creating` (create_vm clears the mark
+    just before it answers), or never started at all (instances made before that mark existed)."""
+    cfg = inst.get("config") or {}
+    never_started = inst.get("status") == "Stopped" and "volatile.last_state.power" not in cfg
+    return bool(cfg.get(META + CREATING_KEY)) or never_started
+
+
 TAG_PREFIX = "tag."
 
 
