@@ -287,7 +287,8 @@ def test_director_vm_compiles_the_release_and_drives_the_host(
     args = ["create-env", str(path), "--state", str(state), "--vars-store", str(creds)]
     fingerprint = ""
     try:
-        out = boshcli.timed(f"director create-env ({kind})", boshcli.run, *args)
+        # --tty: the CLI prints its stages (with each compile's time) only to a terminal otherwise.
+        out = boshcli.timed(f"director create-env ({kind})", boshcli.run, "--tty", *args)
         boshcli.keep_compiled()
         # Only the deploy stage's compiles: the installation's (the CPI, on this machine) come before it.
         log_text = out.stdout + out.stderr

@@ -161,3 +161,59 @@ def test_disk_error_paths(daemon, two_vms):
     assert ctx.call("create_disk", 32, {"type": "tape"}, None).error_type == "Bosh::Clouds::CpiError"
     assert ctx.call("has_disk", disk).ok() is True
     ctx.call("delete_disk", disk).ok()
+
+
+def test_concurrent_resize_and_metadata_never_write_an_old_size_back(daemon):
+    """resize_disk and set_disk_metadata from concurrent CPI processes: each writes the volume only if
+    it is still what it read (ETag), so after every round the disk has the new size and every tag."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    disk = daemon.call("create_disk", 16, {}, None).ok()
+    try:
+        size = 16
+        for round_ in range(6):
+            size += 8
+            with ThreadPoolExecutor(4) as pool:
+                calls = [pool.submit(daemon.call, "resize_disk", disk, size)]
+                calls += [
+                    pool.submit(daemon.call, "set_disk_metadata", disk, {f"tag{round_}{i}": "v"}) for i in range(3)
+                ]
+                for c in calls:
+                    c.result().ok()
+            cfg = daemon.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")["config"]
+            assert cfg["size"] == f"{size}MiB", round_
+            assert all(cfg[f"user.bosh.tag{round_}{i}"] == "v" for i in range(3))
+        # A resize that lost the race to a bigger one is judged against what it finds: no shrink.
+        resp = daemon.call("resize_disk", disk, size - 8)
+        assert resp.error_type == "Bosh::Clouds::NotSupported"
+    finally:
+        daemon.call("delete_disk", disk)
+
+
+def test_concurrent_attach_and_detach_on_one_vm(daemon, two_vms):
+    """Attaches and detaches on one VM from concurrent CPI processes (the director runs many): after
+    every round the agent's settings list exactly the disks the instance has, none lost, none extra,
+    and no call failed (no HTTP 412 turned into an error)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vm = two_vms[0]
+    disks = [daemon.call("create_disk", 16, {}, vm).ok() for _ in range(3)]
+    try:
+        for round_ in range(3):
+            with ThreadPoolExecutor(3) as pool:
+                for r in [pool.submit(daemon.call, "attach_disk", vm, d) for d in disks]:
+                    r.result().ok()
+            devices = {d.get("source") for d in daemon.api(f"/1.0/instances/{vm}")["devices"].values()}
+            assert set(disks) <= devices, round_
+            assert set(settings_of(daemon, vm)["disks"]["persistent"]) == set(disks), round_
+            with ThreadPoolExecutor(3) as pool:
+                for r in [pool.submit(daemon.call, "detach_disk", vm, d) for d in disks]:
+                    r.result().ok()
+            devices = {d.get("source") for d in daemon.api(f"/1.0/instances/{vm}")["devices"].values()}
+            assert not set(disks) & devices, round_
+            assert settings_of(daemon, vm)["disks"]["persistent"] == {}, round_
+        assert not [p for p in daemon.api("/1.0/profiles") if "boshcpi-lock-" in p]  # every lock released
+    finally:
+        for d in disks:
+            daemon.call("detach_disk", vm, d)
+            daemon.call("delete_disk", d)

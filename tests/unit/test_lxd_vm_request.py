@@ -52,6 +52,8 @@ class RecordingDaemon:
             return {"type": "virtual-machine", "properties": {"os": self.os_line, "bosh.stemcell.kind": "vm"}}
         if path.startswith("/1.0/networks/"):
             return {"managed": True}
+        if path == "/1.0/instances":
+            return []  # no other instance holds the new VM's address
         if path == "/1.0/resources":
             return {"cpu": {"total": 8}, "memory": {"total": 16 << 30}}
         if path.endswith("/resources"):
@@ -206,8 +208,10 @@ def test_vm_request(kind, os_line, boot, daemon):
     assert settings["disks"]["system"] == f"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_{prefix}root"
     assert settings["networks"]["default"]["mac"] == nets["default"]["mac"]
     assert settings["networks"]["default"]["preconfigured"] is False
-    # Started last.
-    assert sent[-1][:2] == ("PUT", f"/1.0/instances/{vm_cid}/state")
+    # Started last; then the `creating` mark goes: the VM is the director's once create_vm answers.
+    assert sent[-2][:2] == ("PUT", f"/1.0/instances/{vm_cid}/state")
+    assert sent[-1] == ("PATCH", f"/1.0/instances/{vm_cid}", {"config": {"user.bosh.creating": ""}})
+    assert cfg["user.bosh.creating"].isdigit()
 
 
 def test_go_dhcp_assignment_pins_the_address_and_tells_the_agent_dynamic():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from boshcpi import ids
-from boshcpi.drivers.lxd import naming, settingsio
+from boshcpi.drivers.lxd import locks, naming, settingsio
 from boshcpi.drivers.lxd.client import LXDError, quote
 from boshcpi.drivers.lxd.host import META, LXDHost, instance_path, volume_path, volumes_path
 from boshcpi.report import Orphan
@@ -115,6 +115,12 @@ class Cleaner:
             if old_enough(age):
                 what = props.get("bosh.stemcell.name") or props.get("description") or "?"
                 found.append(Orphan("image", img["fingerprint"], age, f"stemcell {what} deleted; no VM uses it"))
+        for profile in client.get("/1.0/profiles", params={"recursion": 1}) or []:
+            name, description = str(profile.get("name", "")), str(profile.get("description", ""))
+            holder = locks.holder_of(description)
+            if name.startswith(locks.PREFIX) and holder is not None and locks.is_stale(description):
+                age = max(0.0, time.time() - (holder[2] - locks.TTL))
+                found.append(Orphan("lock", name, age, f"an expired lock (held by {holder[0]} pid {holder[1]})"))
         return found
 
     def remove(self, orphan: Orphan) -> None:
@@ -138,6 +144,11 @@ class Cleaner:
                     host.delete_volume(orphan.name + settingsio.COPY_SUFFIX)
             elif orphan.kind == "image":
                 client.delete(f"/1.0/images/{quote(orphan.name, '')}")
+            elif orphan.kind == "lock":
+                path = f"/1.0/profiles/{quote(orphan.name, '')}"
+                current = client.get(path) or {}
+                if locks.is_stale(str(current.get("description", ""))):  # still the expired one
+                    client.delete(path)
             orphan.removed = True
         except LXDError as e:
             orphan.error = e.message

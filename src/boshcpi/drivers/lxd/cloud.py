@@ -563,6 +563,11 @@ class LXDCloud(Cloud):
             self.host.change_state(vm_cid, "restart")
 
     def set_vm_metadata(self, vm_cid: str, metadata: dict[str, str]) -> None:
+        self.instance(vm_cid, "set_vm_metadata")  # VMNotFound before any lock
+        with self.host.lock(vm_cid, "set_vm_metadata"):
+            self._set_vm_metadata(vm_cid, metadata)
+
+    def _set_vm_metadata(self, vm_cid: str, metadata: dict[str, str]) -> None:
         inst, etag = self.instance(vm_cid, "set_vm_metadata")
         config = dict(inst.get("config") or {})
         for key, value in metadata.items():

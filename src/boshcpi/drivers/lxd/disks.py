@@ -19,6 +19,7 @@ from boshcpi.protocol import CloudError, CpiError, DiskNotFound, NotImplementedB
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from boshcpi.cloud import DiskSpec
@@ -177,6 +178,13 @@ def refresh_hints(host: LXDHost, inst: dict[str, Any], settings: dict[str, Any])
 
 
 def attach(host: LXDHost, vm_cid: str, disk_cid: str) -> Any:
+    """Attach under the VM's lock: the device list and the agent's settings are one read-modify-write
+    (two concurrent attaches must both end up in the settings)."""
+    with host.lock(vm_cid, "attach_disk"):
+        return _attach(host, vm_cid, disk_cid)
+
+
+def _attach(host: LXDHost, vm_cid: str, disk_cid: str) -> Any:
     inst, etag = host.owned_instance(vm_cid, "attach_disk")
     with mapped("attach_disk"):
         pool, vol = _require(host, disk_cid, "attach_disk")
@@ -244,19 +252,42 @@ def _undo_attach(host: LXDHost, vm_cid: str, device: str) -> None:
     host.put_instance(vm_cid, inst, etag, "attach_disk")
 
 
-def _mark(host: LXDHost, pool: str, disk_cid: str, vol: dict[str, Any], changes: dict[str, str | None]) -> None:
-    config = dict(vol.get("config") or {})
-    for k, v in changes.items():
-        if v is None:
-            config.pop(k, None)
-        else:
-            config[k] = v
-    host.client.request(
-        "PUT",
-        volume_path(pool, naming.disk_volume(disk_cid)),
-        {"config": config, "description": vol.get("description", "")},
-        params={"target": _where(vol)},
-    )
+def _mark(
+    host: LXDHost,
+    pool: str,
+    disk_cid: str,
+    vol: dict[str, Any],
+    changes: dict[str, str | None],
+    check: Callable[[dict[str, Any]], bool] | None = None,
+    description: str | None = None,
+) -> bool:
+    """Change a disk volume's config: read it with its ETag, apply `changes`, write it back only if it
+    is still what was read (If-Match), and start over on HTTP 412. Concurrent resize_disk and
+    set_disk_metadata calls then never write an old `size` (or old marks) back. `check(current)` sees
+    the volume as read each time: it may raise, or answer False when there is nothing to change."""
+    path = volume_path(pool, naming.disk_volume(disk_cid))
+    params = {"target": _where(vol)}
+    for attempt in range(1, 9):
+        status, headers, payload = host.client.raw("GET", path, params=params)
+        current = host.client.answer(status, payload, True) or {}
+        if check is not None and not check(current):
+            return False
+        config = dict(current.get("config") or {})
+        for k, v in changes.items():
+            if v is None:
+                config.pop(k, None)
+            else:
+                config[k] = v
+        etag = headers.get("etag", "")
+        body = {"config": config, "description": current.get("description", "") if description is None else description}
+        try:
+            host.client.request("PUT", path, body, params=params, headers={"If-Match": etag} if etag else None)
+            return True
+        except LXDError as e:
+            if e.status != 412 or attempt == 8:
+                raise
+            log.debug(f"{disk_cid} changed under this call (HTTP 412): reading it again")
+    return False
 
 
 def _where(obj: dict[str, Any]) -> str:
@@ -291,6 +322,11 @@ def _follow(host: LXDHost, pool: str, vol: dict[str, Any], disk_cid: str, inst: 
 
 
 def detach(host: LXDHost, vm_cid: str, disk_cid: str) -> None:
+    with host.lock(vm_cid, "detach_disk"):
+        _detach(host, vm_cid, disk_cid)
+
+
+def _detach(host: LXDHost, vm_cid: str, disk_cid: str) -> None:
     inst, etag = host.owned_instance(vm_cid, "detach_disk")
     with mapped("detach_disk"):
         found = find(host, disk_cid)
@@ -352,17 +388,27 @@ def _size_mb(text: str) -> int:
 def resize(host: LXDHost, disk_cid: str, new_size_mb: int) -> None:
     with mapped("resize_disk"):
         pool, vol = _require(host, disk_cid, "resize_disk")
-        current = _size_mb(vol.get("config", {}).get("size", "0"))
-        if new_size_mb < current:
-            # The director then makes a new disk and copies (cloudfoundry/bosh disk_manager.rb rescues
-            # NotImplemented and NotSupported).
-            raise NotSupported(f"resize_disk: cannot shrink {disk_cid} from {current} MiB to {new_size_mb} MiB")
-        if new_size_mb == current:
-            log.info(f"disk {disk_cid} is already {current} MiB")
+        sizes: list[int] = []
+
+        def grows(current_vol: dict[str, Any]) -> bool:
+            # Judged on the volume as read right before the write: a resize that raced this one
+            # may have grown it past new_size already.
+            current = _size_mb((current_vol.get("config") or {}).get("size", "0"))
+            sizes.append(current)
+            if new_size_mb < current:
+                # The director then makes a new disk and copies (cloudfoundry/bosh disk_manager.rb
+                # rescues NotImplemented and NotSupported).
+                raise NotSupported(f"resize_disk: cannot shrink {disk_cid} from {current} MiB to {new_size_mb} MiB")
+            return new_size_mb != current
+
+        if _size_mb((vol.get("config") or {}).get("size", "0")) < new_size_mb:
+            check_space(host, pool, new_size_mb, "resize_disk: new_size")
+        with host.lock(disk_cid, "resize_disk"):
+            changed = _mark(host, pool, disk_cid, vol, {"size": f"{new_size_mb}MiB"}, grows)
+        if not changed:
+            log.info(f"disk {disk_cid} is already {new_size_mb} MiB")
             return
-        check_space(host, pool, new_size_mb, "resize_disk: new_size")
-        _mark(host, pool, disk_cid, vol, {"size": f"{new_size_mb}MiB"})
-    log.info(f"resized {disk_cid} from {current} to {new_size_mb} MiB")
+    log.info(f"resized {disk_cid} from {sizes[-1]} to {new_size_mb} MiB")
 
 
 def update(host: LXDHost, disk_cid: str, new_size_mb: int, props: dict[str, Any]) -> str:
@@ -419,9 +465,9 @@ def set_metadata(host: LXDHost, disk_cid: str, metadata: dict[str, Any]) -> None
             naming.metadata_config_key(k): str(v)[:MAX_METADATA_VALUE] for k, v in metadata.items()
         }
         parts = [str(metadata.get(k, "")) for k in ("deployment", "instance_group", "instance_index")]
-        if any(parts):
-            vol = {**vol, "description": ("boshcpi persistent disk of " + "/".join(p for p in parts if p))[:255]}
-        _mark(host, pool, disk_cid, vol, changes)
+        description = ("boshcpi persistent disk of " + "/".join(p for p in parts if p))[:255] if any(parts) else None
+        with host.lock(disk_cid, "set_disk_metadata"):
+            _mark(host, pool, disk_cid, vol, changes, description=description)
 
 
 __all__ = ["attach", "detach", "find", "instance_path"]

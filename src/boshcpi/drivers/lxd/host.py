@@ -85,6 +85,12 @@ class LXDHost:
     def pool(self) -> str:
         return self.cfg.server.storage_pool_name
 
+    def lock(self, key: str, action: str) -> Any:
+        """The daemon-held lock of a VM or disk cid (locks.py), for a read-modify-write."""
+        from boshcpi.drivers.lxd.locks import DaemonLock
+
+        return DaemonLock(self.client, key, action, self.cfg.operation_timeout)
+
     @property
     def server_type(self) -> str:
         """'lxd' or 'incus' as the daemon says (GET /1.0, once per call), never cpi.json's
