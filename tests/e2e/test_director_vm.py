@@ -292,7 +292,7 @@ def test_director_vm_compiles_the_release_and_drives_the_host(
         boshcli.keep_compiled()
         # Only the deploy stage's compiles: the installation's (the CPI, on this machine) come before it.
         log_text = out.stdout + out.stderr
-        deploy = log_text.split("Deploying:", 1)[-1]
+        deploy = log_text.split("Started deploying", 1)[-1]  # bosh-cli deployment_preparer.go: the deploy stage
         compiled = [line.strip() for line in deploy.splitlines() if "Compiling package" in line]
         print("\n".join(compiled))
         # The agent compiled python3 and boshcpi on the guest (the CLI's remote compiler).

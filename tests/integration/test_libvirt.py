@@ -276,3 +276,46 @@ def test_doctor_on_libvirt(libvirt_pool, tmp_path):
     rc, checks = doctor(path)
     assert rc == 1
     assert checks["storage pool"]["status"] == "FAIL" and checks["network"]["status"] == "FAIL"
+
+
+def test_concurrent_attach_and_detach_on_one_domain(libvirt_pool, tmp_path, boot_stemcell):
+    """Attaches and detaches on one domain from concurrent CPI processes: every disk gets its own
+    target, the config drive's settings list exactly the attached disks, and no config drive is
+    orphaned (libvirt versions nothing; the CPI serialises under a lock held in libvirtd)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from boshcpi import config as cfgmod
+    from boshcpi.drivers.libvirt import configdrive
+    from boshcpi.drivers.libvirt.host import LibvirtHost
+
+    ctx = Ctx(tmp_path, "CDROM", libvirt_pool)
+    sc = ctx.call("create_stemcell", str(boot_stemcell / "image"), stemcells.cloud_properties(boot_stemcell)).ok()
+    vm, _ = ctx.call("create_vm", "agent-race", sc, {"cpus": 1, "memory": 256}, NET, [], {}).ok()
+    ctx.conn.lookupByName(vm).destroy()  # the definition is what races; no guest to wait for
+    disks = [ctx.call("create_disk", 16, {}, vm).ok() for _ in range(3)]
+    host = LibvirtHost(cfgmod.from_dict(ctx.config))
+    try:
+        for round_ in range(3):
+            with ThreadPoolExecutor(3) as pool:
+                for r in [pool.submit(ctx.call, "attach_disk", vm, d) for d in disks]:
+                    r.result().ok()
+            dom = ctx.conn.lookupByName(vm)
+            targets = {d["volume"]: d["dev"] for d in host.disks(dom) if d["volume"] in disks}
+            assert set(targets) == set(disks) and len(set(targets.values())) == 3, round_
+            settings, _ = configdrive.read(host, dom)
+            assert set(settings["disks"]["persistent"]) == set(disks), round_
+            with ThreadPoolExecutor(3) as pool:
+                for r in [pool.submit(ctx.call, "detach_disk", vm, d) for d in disks]:
+                    r.result().ok()
+            dom = ctx.conn.lookupByName(vm)
+            assert not [d for d in host.disks(dom) if d["volume"] in disks], round_
+            assert configdrive.read(host, dom)[0]["disks"]["persistent"] == {}, round_
+            drives = [v for v in ctx.volumes() if v.startswith(f"vol-c-{vm[3:]}")]
+            assert len(drives) == 1, drives  # the one the domain uses: none orphaned
+        assert not [v for v in ctx.volumes() if v.startswith("boshcpi-lock-")]
+    finally:
+        host.close()
+        ctx.call("delete_vm", vm)
+        for d in disks:
+            ctx.call("delete_disk", d)
+        ctx.call("delete_stemcell", sc)

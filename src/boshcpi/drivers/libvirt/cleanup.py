@@ -11,12 +11,11 @@ before deleting, that no domain uses the volume."""
 
 from __future__ import annotations
 
-import os
 import time
 
-from boshcpi import ids, log
-from boshcpi.drivers.libvirt import naming, xmltree
-from boshcpi.drivers.libvirt.host import LibvirtHost
+from boshcpi import ids
+from boshcpi.drivers.libvirt import locks, naming, xmltree
+from boshcpi.drivers.libvirt.host import PROBE_PREFIX, LibvirtHost, mtime
 from boshcpi.report import Orphan
 
 TYPE_CHECKING = False
@@ -42,25 +41,9 @@ class Cleaner:
                         used.add(src.get("file"))
         return used
 
-    def _now(self) -> float | None:
-        """The libvirt host's clock: this machine's where libvirtd is local, else the timestamp of a
-        probe volume made and deleted at once (None where the pool reports no timestamps)."""
-        if self.host.is_local:
-            return time.time()
-        name = PROBE_PREFIX + os.urandom(6).hex()
-        try:
-            vol = self.host.new_volume(name, 0, "raw")
-        except Exception as e:
-            log.warn(f"cannot read the libvirt host's clock: {e}")
-            return None
-        try:
-            return _mtime(vol)
-        finally:
-            self.host.delete_volume(name)
-
     def _age(self, vol: object, now: float | None) -> float | None:
-        mtime = _mtime(vol)
-        return None if mtime is None or now is None else max(0.0, now - mtime)
+        then = mtime(vol)
+        return None if then is None or now is None else max(0.0, now - then)
 
     def find(self, older_than: float) -> list[Orphan]:
         host = self.host
@@ -68,7 +51,7 @@ class Cleaner:
         pool.refresh(0)
         domains = {d.name(): d for d in host.all_domains()}
         used = self._used_paths()
-        now = self._now()
+        now = host.clock()
         found: list[Orphan] = []
         for name, dom in domains.items():
             if not ids.is_vm_cid(name):
@@ -86,7 +69,12 @@ class Cleaner:
             if vol_name.startswith(PROBE_PREFIX):
                 age = self._age(pool.storageVolLookupByName(vol_name), now)
                 if age is not None and age >= max(older_than, 600):
-                    found.append(Orphan("clock-probe", vol_name, age, "a cleanup's clock probe, left by a killed run"))
+                    found.append(Orphan("clock-probe", vol_name, age, "a clock probe, left by a killed call"))
+                continue
+            if vol_name.startswith(locks.PREFIX):
+                age = self._age(pool.storageVolLookupByName(vol_name), now)
+                if age is not None and age > max(older_than, locks.TTL):
+                    found.append(Orphan("lock", vol_name, age, "an expired lock, left by a killed call"))
                 continue
             owner = naming.volume_owner(vol_name)
             if owner is None or naming.is_disk_cid(vol_name):
@@ -111,6 +99,10 @@ class Cleaner:
                 cloud = LibvirtCloud(self.cfg)
                 cloud.host = self.host
                 cloud.delete_vm(orphan.name)
+            elif orphan.kind == "lock":
+                age = self.host.volume_age(orphan.name)
+                if age is not None and age > locks.TTL:  # still the expired one
+                    self.host.delete_volume(orphan.name)
             else:
                 # Found a moment ago; a create_vm or attach may have taken it up since.
                 vol = self.host.volume(orphan.name)
@@ -126,21 +118,9 @@ class Cleaner:
             orphan.error = str(e)
 
 
-PROBE_PREFIX = "boshcpi-clock-"
-
-
 def _kind(vol_name: str) -> str:
     if vol_name.endswith(naming.ROOT_SUFFIX) or vol_name.startswith(naming.GO_BOOT_PREFIX):
         return "boot-overlay"
     if vol_name.startswith((naming.CONFIG_PREFIX, naming.GO_CONFIG_PREFIX)):
         return "config-volume"
     return "ephemeral-volume"
-
-
-def _mtime(vol: object) -> float | None:
-    """A volume's modification time on the libvirt host, from its XML (dir and fs pools report it)."""
-    el = xmltree.fromstring(vol.XMLDesc(0)).find("target/timestamps/mtime")  # type: ignore[attr-defined]
-    try:
-        return float(el.text) if el is not None and el.text else None
-    except ValueError:
-        return None

@@ -340,6 +340,11 @@ class LibvirtCloud(Cloud):
         return self.host.metadata(dom) or {"tags": {}}
 
     def set_vm_metadata(self, vm_cid: str, metadata: dict[str, str]) -> None:
+        self.host.owned_domain(vm_cid, "set_vm_metadata")
+        with self.host.lock(vm_cid, "set_vm_metadata"):
+            self._set_vm_metadata(vm_cid, metadata)
+
+    def _set_vm_metadata(self, vm_cid: str, metadata: dict[str, str]) -> None:
         dom = self.host.owned_domain(vm_cid, "set_vm_metadata")
         try:
             self._set_meta(dom, {}, tags=metadata)
@@ -398,6 +403,11 @@ class LibvirtCloud(Cloud):
         return {d["volume"]: d for d in self.host.disks(dom) if naming.is_disk_cid(d["volume"])}
 
     def attach_disk(self, vm_cid: str, disk_cid: str) -> Any:
+        self.host.owned_domain(vm_cid, "attach_disk")  # VMNotFound before any lock
+        with self.host.lock(vm_cid, "attach_disk"):
+            return self._attach_disk(vm_cid, disk_cid)
+
+    def _attach_disk(self, vm_cid: str, disk_cid: str) -> Any:
         dom = self.host.owned_domain(vm_cid, "attach_disk")
         vol = self._require_disk(disk_cid, "attach_disk")
         attached = self._persistent(dom)
@@ -464,6 +474,11 @@ class LibvirtCloud(Cloud):
                 time.sleep(0.25)
 
     def detach_disk(self, vm_cid: str, disk_cid: str) -> None:
+        self.host.owned_domain(vm_cid, "detach_disk")
+        with self.host.lock(vm_cid, "detach_disk"):
+            self._detach_disk(vm_cid, disk_cid)
+
+    def _detach_disk(self, vm_cid: str, disk_cid: str) -> None:
         dom = self.host.owned_domain(vm_cid, "detach_disk")
         attached = self._persistent(dom)
         settings, _ = configdrive.read(self.host, dom)

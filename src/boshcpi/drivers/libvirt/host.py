@@ -67,10 +67,17 @@ class LibvirtHost:
     def pool(self) -> Any:
         if self._pool is None:
             try:
-                self._pool = self.conn.storagePoolLookupByName(self.lc.storage_pool_name)
-                self._pool.refresh(0)
+                pool = self.conn.storagePoolLookupByName(self.lc.storage_pool_name)
             except self.lv.libvirtError as e:
                 raise CloudError(f"storage pool {self.lc.storage_pool_name!r}: {e.get_error_message()}") from None
+            try:
+                # Picks up files put in the pool's folder by hand; what libvirt made it knows already.
+                pool.refresh(0)
+            except self.lv.libvirtError as e:
+                # libvirtd refuses a refresh while another call creates a volume in the pool
+                # ("has asynchronous jobs running"): that call's volume is known to libvirt anyway.
+                log.debug(f"storage pool {self.lc.storage_pool_name}: not refreshed ({e.get_error_message()})")
+            self._pool = pool
         return self._pool
 
     def err(self, e: Any, action: str) -> BoshError:
@@ -149,6 +156,37 @@ class LibvirtHost:
             out += data
         stream.finish()
         return bytes(out)
+
+    def lock(self, key: str, action: str) -> Any:
+        """libvirtd-held lock of a VM cid (locks.py), for a read-modify-write of the domain."""
+        from boshcpi.drivers.libvirt.locks import VolumeLock
+
+        return VolumeLock(self, key, action, 600.0)
+
+    def clock(self) -> float | None:
+        """libvirtd's clock: this machine's where libvirtd is local, else the timestamp of a probe
+        volume made and deleted at once (None where the pool reports no timestamps)."""
+        import time
+
+        if self.is_local:
+            return time.time()
+        name = PROBE_PREFIX + os.urandom(6).hex()
+        try:
+            vol = self.new_volume(name, 0, "raw")
+        except BoshError as e:
+            log.warn(f"cannot read the libvirt host's clock: {e.message}")
+            return None
+        try:
+            return mtime(vol)
+        finally:
+            self.delete_volume(name)
+
+    def volume_age(self, name: str, now: float | None = None) -> float | None:
+        """How old a volume is by libvirtd's clock; None where that cannot be told (or it is gone)."""
+        vol = self.volume(name)
+        then = mtime(vol) if vol is not None else None
+        now = self.clock() if now is None else now
+        return None if then is None or now is None else max(0.0, now - then)
 
     def free_bytes(self) -> int:
         try:
@@ -241,3 +279,18 @@ class LibvirtHost:
 
     def all_domains(self) -> list[Any]:
         return list(self.conn.listAllDomains(0))
+
+
+PROBE_PREFIX = "boshcpi-clock-"
+
+
+def mtime(vol: Any) -> float | None:
+    """A volume's modification time on the libvirt host, from its XML (dir and fs pools report it)."""
+    try:
+        el = xmltree.fromstring(vol.XMLDesc(0)).find("target/timestamps/mtime")
+    except Exception:
+        return None
+    try:
+        return float(el.text) if el is not None and el.text else None
+    except ValueError:
+        return None
