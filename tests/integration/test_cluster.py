@@ -186,3 +186,51 @@ def test_everything_is_gone_at_the_end(cluster, stemcell):
     assert not [i for i in cluster.query("/1.0/instances") if "vm-" in i]
     assert cluster.query("/1.0/images") == []
     assert not [v for v in cluster.query("/1.0/storage-pools/local/volumes/custom") if "vol-" in v]
+
+
+def test_a_recreated_vm_goes_where_its_disk_is(cluster, stemcell):
+    """create_vm with disk_cids and no target: the VM is placed on the member holding its persistent
+    disk, so attach_disk needs no move (LXD 5.0 cannot move one; Incus would copy it every time)."""
+    vm = create(cluster, stemcell, {"target": "m2"})
+    disk = call(cluster.config_path, "create_disk", 32, {}, vm).ok()
+    call(cluster.config_path, "delete_vm", vm).ok()
+    for _ in range(2):  # both members start out empty of this group's VMs: placement is the disk's
+        vm2, _ = call(cluster.config_path, "create_vm", "agent-r", stemcell, {}, {}, [disk], {}).ok()
+        assert location(cluster, vm2) == "m2"
+        call(cluster.config_path, "attach_disk", vm2, disk).ok()
+        assert cluster.query(f"/1.0/storage-pools/local/volumes/custom/{disk}")["location"] == "m2"
+        call(cluster.config_path, "detach_disk", vm2, disk).ok()
+        call(cluster.config_path, "delete_vm", vm2).ok()
+    # An operator's target still wins.
+    vm3, _ = call(cluster.config_path, "create_vm", "agent-r", stemcell, {"target": "m1"}, {}, [disk], {}).ok()
+    assert location(cluster, vm3) == "m1"
+    call(cluster.config_path, "delete_vm", vm3).ok()
+    call(cluster.config_path, "delete_disk", disk).ok()
+
+
+def test_a_killed_predeploy_leaves_nothing_cleanup_or_delete_stemcell_cannot_handle(cluster, test_stemcells):
+    """create_stemcell with predeploy, killed while a throwaway instance exists: no stemcell alias was
+    made yet; the throwaway is an interrupted instance to cleanup, and the retry's stemcell deletes
+    cleanly (delete_stemcell reclaims throwaways, never refuses because of one)."""
+    from tests.integration.test_cleanup import cleanup, killed_call
+
+    d = test_stemcells["warden"]
+    cfg = json.loads(cluster.config_path.read_text())
+    cfg["server"]["predeploy_stemcell"] = True
+    path = cluster.tmp / "predeploy-kill.json"
+    path.write_text(json.dumps(cfg))
+    props = {**stemcells.cloud_properties(d), "version": "5.9"}
+    image = _fresh_rootfs(d / "image", cluster.tmp / "predeploy-kill.tgz")
+    aliases_before = {a["name"] for a in cluster.query("/1.0/images/aliases?recursion=1")}
+    killed_call(path, "create_stemcell", [str(image), props], "predeploy")
+    assert {a["name"] for a in cluster.query("/1.0/images/aliases?recursion=1")} == aliases_before
+    left = [
+        i["name"]
+        for i in cluster.query("/1.0/instances?recursion=1")
+        if i["config"].get("user.bosh.kind") == "predeploy"
+    ]
+    assert len(left) == 1
+    sc = call(path, "create_stemcell", str(image), props).ok()  # the director's retry
+    assert call(path, "delete_stemcell", sc).ok() is None
+    assert not [i for i in cluster.query("/1.0/instances?recursion=1") if i["name"] in left]
+    assert cleanup(path)["orphans"] == []

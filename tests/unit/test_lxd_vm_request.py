@@ -36,6 +36,7 @@ class RecordingDaemon:
         self.header_prefix = "X-Incus-" if daemon.startswith("incus") else "X-LXD-"
         self.sent: list[tuple[str, str, object]] = []
         self.headers: list[dict] = []
+        self.params: list[tuple[str, str, dict]] = []  # (method, path, params) of every request
         self.server = {"environment": {"server_clustered": False}, "api_extensions": list(EXTENSIONS[daemon])}
 
     def has_extension(self, name):
@@ -64,10 +65,12 @@ class RecordingDaemon:
 
     def request(self, method, path, body=None, params=None, **kw):
         self.sent.append((method, path, body))
+        self.params.append((method, path, dict(params or {})))
         return {}
 
     def raw(self, method, path, body=None, headers=None, params=None, **kw):
         self.sent.append((method, path, body))
+        self.params.append((method, path, dict(params or {})))
         self.headers.append(dict(headers or {}))
         return 200, {}, b'{"type": "sync", "metadata": {}}'
 
@@ -351,3 +354,46 @@ def test_after_lxd_to_incus_the_daemon_not_the_config_names_the_serials():
     out = disks.refresh_hints(cloud.host, inst, {"disks": {"persistent": {migrated: {}}}})["disks"]["persistent"]
     assert "lxd_" not in out[migrated]["path"]
     assert out[migrated] == {"path": "/dev/sdc"}
+
+
+@pytest.mark.parametrize("daemon", sorted(EXTENSIONS))
+@pytest.mark.parametrize("kind", ["FAT32", "CDROM"])
+def test_on_a_cluster_every_volume_of_a_vm_goes_to_its_member(daemon, kind):
+    """LXD and Incus look a disk device's volume up on the instance's own member only (lxd
+    device/disk.go: the volume is loaded with the instance's node): the config drive, its readable copy
+    and the ephemeral disk are all made with the instance's `target`. VMs cannot be created on this
+    host (no vhost_vsock), so this checks the requests themselves."""
+    cloud = make(kind, "ubuntu-noble", daemon)
+    cloud.create_vm(spec({"instance_type": "c1-m1", "ephemeral_disk": 512, "target": "m2"}))
+    creates = [
+        (m, p, q)
+        for m, p, q in cloud.host.client.params
+        if m == "POST" and (p.endswith("/volumes/custom") or p == "/1.0/instances")
+    ]
+    assert len(creates) >= 3  # the ephemeral disk, the config drive (and its copy), the instance
+    assert all(q.get("target") == "m2" for _, _, q in creates), creates
+
+
+def test_predeploy_makes_throwaways_of_the_images_type_on_online_members_only():
+    from boshcpi.drivers.lxd import images
+
+    cloud = make("FAT32", "ubuntu-noble")
+    d = cloud.host.client
+    members = [
+        {"server_name": "m1", "status": "Online"},
+        {"server_name": "m2", "status": "Offline"},
+        {"server_name": "m3", "status": "Evacuated"},
+    ]
+    real_get = d.get
+    d.get = lambda path, **kw: (
+        {"enabled": True} if path == "/1.0/cluster" else members if path == "/1.0/cluster/members" else real_get(path)
+    )
+    d.delete = lambda path, **kw: d.sent.append(("DELETE", path, None))
+    images.predeploy(cloud.host, "f" * 64)
+    made = [(b, q) for (m, p, b), (_, _, q) in zip(d.sent, d.params, strict=False) if m == "POST"]
+    assert len(made) == 1
+    body, params = made[0]
+    assert params == {"target": "m1"}
+    assert body["type"] == "virtual-machine" and body["source"] == {"type": "image", "fingerprint": "f" * 64}
+    assert body["config"]["user.bosh.kind"] == "predeploy" and body["config"]["user.bosh.created_by"] == "boshcpi"
+    assert [p for m, p, b in d.sent if m == "DELETE"] == [f"/1.0/instances/{body['name']}"]

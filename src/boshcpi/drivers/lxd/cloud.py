@@ -69,10 +69,10 @@ class LXDCloud(Cloud):
 
         with mapped("create_stemcell"):
             fingerprint = imageupload.upload(self.client, spec, self.cfg.operation_timeout, self.cfg.max_stemcell_image)
+            if self.cfg.server.predeploy_stemcell:
+                images.predeploy(self.host, fingerprint)  # before the alias: a failure leaves no stemcell
             fail_point("alias")
             cid = images.create_alias(self.client, fingerprint, spec)
-            if self.cfg.server.predeploy_stemcell:
-                images.predeploy(self.host, cid)
         log.info(f"stemcell {cid} -> image {fingerprint[:12]}")
         return cid
 
@@ -462,9 +462,44 @@ class LXDCloud(Cloud):
         group = ((spec.env.get("bosh") or {}) if isinstance(spec.env.get("bosh"), dict) else {}).get("group")
         if isinstance(group, str) and group:
             config[META + "group"] = group
-            if not target:
-                target = self._spread(group)
+        if not target and spec.disk_cids:
+            # A recreated VM goes where its persistent disks are: LXD cannot move a custom volume
+            # between members of a local pool, and Incus would copy the whole disk on every recreate.
+            target = self._where_disks_are(spec.disk_cids)
+        if not target and isinstance(group, str) and group:
+            target = self._spread(group)
         return target
+
+    def _where_disks_are(self, disk_cids: tuple[str, ...] | list[str]) -> str:
+        from boshcpi.drivers.lxd import disks
+
+        if not (self.client.server.get("environment") or {}).get("server_clustered"):
+            return ""
+        members = set()
+        for cid in disk_cids:
+            found = disks.find(self.host, cid)
+            loc = (found[1].get("location") or "") if found else ""
+            if loc and loc != "none":
+                members.add(loc)
+        if len(members) != 1:
+            return ""  # remote pools (no location), or disks on several members: no single answer
+        member = members.pop()
+        state = self._member_state(member)
+        if state != "Online":
+            raise CloudError(
+                f"create_vm: the VM's persistent disk(s) are on cluster member {member}, which is {state}; "
+                "bring it back (or restore it from evacuation) and retry",
+                ok_to_retry=True,
+            )
+        log.info(f"placing the VM on {member}, where its persistent disk(s) are")
+        return member
+
+    def _member_state(self, member: str) -> str:
+        try:
+            info = self.client.get(f"/1.0/cluster/members/{quote(member, '')}", project=False) or {}
+        except LXDError as e:
+            return f"unknown ({e.message})"
+        return str(info.get("status") or "unknown")
 
     def _spread(self, group: str) -> str:
         """Anti-affinity: the online member with the fewest VMs of this group (then fewest VMs)."""

@@ -7,10 +7,15 @@ image, and an image goes only when its last alias does and no instance is built 
 
 from __future__ import annotations
 
+import time
+
 from boshcpi import ids, log
 from boshcpi.cloud import StemcellSpec
+from boshcpi.drivers.lxd import naming
 from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote
 from boshcpi.drivers.lxd.errors import mapped
+from boshcpi.drivers.lxd.naming import META
+from boshcpi.faults import fail_point
 from boshcpi.protocol import CloudError
 
 TYPE_CHECKING = False
@@ -43,28 +48,44 @@ def image_info(client: LXDClient, fingerprint: str) -> dict | None:
         raise
 
 
-def predeploy(host: LXDHost, cid: str) -> None:
-    """On a cluster, make every member hold the image now, not at the first create_vm."""
+def predeploy(host: LXDHost, fingerprint: str) -> None:
+    """On a cluster, make every online member hold the image now, not at the first create_vm: a
+    throwaway instance of the image's own type (a VM image cannot make a container) on each member.
+    It runs before the stemcell's alias exists, so a failure leaves no stemcell, only an unaliased image
+    `cleanup` recognises; each throwaway carries the CPI's marks and the `creating` mark, so a killed
+    call's leftover is an interrupted instance to `cleanup` and never blocks delete_stemcell."""
     client = host.client
     cluster = client.get("/1.0/cluster", project=False) or {}
     if not cluster.get("enabled"):
         return
+    kind = (image_info(client, fingerprint) or {}).get("type") or "container"
     members = client.get("/1.0/cluster/members", params={"recursion": 1}, project=False) or []
     for member in members:
-        name = f"pre-{ids.new_id()[:8]}"
+        if member.get("status") != "Online":
+            log.warn(f"predeploy: skipping member {member.get('server_name')} ({member.get('status')})")
+            continue
+        name = ids.new_vm_cid()
         body = {
             "name": name,
-            "source": {"type": "image", "alias": cid},
+            "type": kind,
+            "source": {"type": "image", "fingerprint": fingerprint},
             "devices": {"root": {"type": "disk", "path": "/", "pool": host.pool}},
+            "config": {
+                META + "created_by": "boshcpi",
+                META + "kind": PREDEPLOY_KIND,
+                META + naming.CREATING_KEY: str(int(time.time())),
+            },
+            "description": "boshcpi predeploy (throwaway)",
         }
         try:
             client.request("POST", "/1.0/instances", body, params={"target": member["server_name"]})
+            fail_point("predeploy")
         finally:
             try:
                 client.delete(f"/1.0/instances/{quote(name, '')}")
             except LXDError as e:
                 log.warn(f"predeploy: cannot delete the throwaway instance {name}: {e.message}")
-        log.info(f"predeployed {cid} on {member['server_name']}")
+        log.info(f"predeployed image {fingerprint[:12]} on {member['server_name']}")
 
 
 def create_alias(client: LXDClient, fingerprint: str, spec: StemcellSpec) -> str:
@@ -79,6 +100,24 @@ def users_of(client: LXDClient, fingerprint: str) -> list[str]:
     """Instances created from this image (their volatile.base_image)."""
     instances = client.get("/1.0/instances", params={"recursion": 1}) or []
     return [i["name"] for i in instances if (i.get("config") or {}).get("volatile.base_image") == fingerprint]
+
+
+PREDEPLOY_KIND = "predeploy"
+
+
+def _reclaim_predeploys(client: LXDClient, fingerprint: str) -> None:
+    """Throwaway predeploy instances a killed create_stemcell left on this image: never the
+    director's, never in delete_stemcell's way."""
+    for inst in client.get("/1.0/instances", params={"recursion": 1}) or []:
+        cfg = inst.get("config") or {}
+        if (
+            cfg.get("volatile.base_image") == fingerprint
+            and cfg.get(META + "created_by") == "boshcpi"
+            and cfg.get(META + "kind") == PREDEPLOY_KIND
+            and ids.is_vm_cid(inst["name"])
+        ):
+            log.info(f"removing {inst['name']}, a predeploy throwaway a killed create_stemcell left")
+            client.delete(f"/1.0/instances/{quote(inst['name'], '')}", params={"target": inst.get("location", "")})
 
 
 def _ours(info: dict) -> bool:
@@ -100,6 +139,7 @@ def delete(client: LXDClient, cid: str) -> None:
             return
         others = [a["name"] for a in info.get("aliases") or [] if a.get("name") != cid]
         if not others:
+            _reclaim_predeploys(client, fingerprint)
             users = users_of(client, fingerprint)
             if users:
                 raise CloudError(
