@@ -42,7 +42,17 @@ def find(host: LXDHost, disk_cid: str) -> tuple[str, dict[str, Any]] | None:
     """(pool, volume) of a persistent disk, looking in the configured pool first."""
     if not naming.is_disk_cid(disk_cid):
         return None
-    vol = host.find_volume(naming.disk_volume(disk_cid))
+    try:
+        vol = host.find_volume(naming.disk_volume(disk_cid))
+    except LXDError as e:
+        if "more than one" not in e.message.lower():
+            raise
+        # Two volumes of this name on two members: an interrupted move (see _follow). Settle it.
+        settle_move(host, host.pool, disk_cid)
+        vol = host.find_volume(naming.disk_volume(disk_cid))
+    if vol is not None and (vol.get("config") or {}).get(MOVING_FROM):
+        settle_move(host, host.pool, disk_cid)
+        vol = host.find_volume(naming.disk_volume(disk_cid))
     if vol is not None:
         return (host.pool, vol) if _owned(disk_cid, vol) else None
     for url in host.client.get("/1.0/storage-pools", project=False) or []:
@@ -295,8 +305,16 @@ def _where(obj: dict[str, Any]) -> str:
     return "" if loc == "none" else loc
 
 
+MOVING_FROM = META + "moving-from"  # on a copy being made on another member: the member it comes from
+MOVE_COPIED = META + "move-copied"  # set once the copy is complete
+
+
 def _follow(host: LXDHost, pool: str, vol: dict[str, Any], disk_cid: str, inst: dict[str, Any]) -> dict[str, Any]:
-    """On a cluster with a member-local pool, move the disk to the VM's member first."""
+    """On a cluster with a member-local pool, move the disk to the VM's member first.
+
+    A move is a copy then a delete, and a call killed between the two must not leave two disks of one
+    name: the copy carries `moving-from` (and `move-copied` once it is whole) until the source is gone,
+    and `settle_move` finishes or undoes an interrupted move the next time anything looks for the disk."""
     src, dst = _where(vol), _where(inst)
     if not src or not dst or src == dst:
         return vol
@@ -308,17 +326,59 @@ def _follow(host: LXDHost, pool: str, vol: dict[str, Any], disk_cid: str, inst: 
         )
     name = naming.disk_volume(disk_cid)
     log.info(f"moving disk {disk_cid} from {src} to {dst}")
+    config = {k: v for k, v in (vol.get("config") or {}).items() if k not in (MOVING_FROM, MOVE_COPIED)}
     body = {
         "name": name,
         "type": "custom",
         "content_type": vol.get("content_type", "block"),
-        "config": dict(vol.get("config") or {}),  # the copy keeps the disk's marks (Incus drops them otherwise)
+        # The copy keeps the disk's marks (Incus drops them otherwise), and says it is a move in progress.
+        "config": {**config, MOVING_FROM: src},
         "description": vol.get("description", ""),
         "source": {"type": "copy", "name": name, "pool": pool, "location": src},
     }
+    path = volume_path(pool, name)
     host.client.request("POST", volumes_path(pool), body, params={"target": dst})
-    host.client.request("DELETE", volume_path(pool, name), params={"target": src})
-    return host.client.get(volume_path(pool, name), params={"target": dst})
+    fail_point("move-copy")
+    host.client.request(
+        "PUT", path, {"config": {**config, MOVING_FROM: src, MOVE_COPIED: "true"}}, params={"target": dst}
+    )
+    fail_point("move-copied")
+    host.client.request("DELETE", path, params={"target": src})
+    fail_point("move-deleted")
+    host.client.request(
+        "PUT", path, {"config": config, "description": vol.get("description", "")}, params={"target": dst}
+    )
+    return host.client.get(path, params={"target": dst})
+
+
+def settle_move(host: LXDHost, pool: str, disk_cid: str) -> None:
+    """Finish or undo a move a killed call left (see `_follow`): with the copy whole, the source goes
+    and the copy is the disk; with the copy unfinished, the copy goes and the source stays the disk."""
+    name = naming.disk_volume(disk_cid)
+    copies = [
+        v
+        for v in host.client.get(volumes_path(pool), params={"recursion": 1}) or []
+        if v.get("name") == name and v.get("type") == "custom"
+    ]
+    moving = [v for v in copies if (v.get("config") or {}).get(MOVING_FROM)]
+    if not moving:
+        return
+    copy = moving[0]
+    cfg = dict(copy.get("config") or {})
+    src, dst = cfg.get(MOVING_FROM, ""), _where(copy)
+    source_left = any(_where(v) == src for v in copies if v is not copy)
+    path = volume_path(pool, name)
+    if cfg.get(MOVE_COPIED) == "true":
+        if source_left:
+            log.warn(f"disk {disk_cid}: finishing an interrupted move from {src} to {dst} (the copy is whole)")
+            host.client.request("DELETE", path, params={"target": src})
+        clean = {k: v for k, v in cfg.items() if k not in (MOVING_FROM, MOVE_COPIED)}
+        host.client.request(
+            "PUT", path, {"config": clean, "description": copy.get("description", "")}, params={"target": dst}
+        )
+    elif source_left:
+        log.warn(f"disk {disk_cid}: undoing an interrupted move from {src} to {dst} (the copy was not finished)")
+        host.client.request("DELETE", path, params={"target": dst})
 
 
 def detach(host: LXDHost, vm_cid: str, disk_cid: str) -> None:

@@ -64,7 +64,9 @@ META = "user.bosh."
 # delete_vm trust), what a volume is (`kind`, `vm`, `created`, which cleanup trusts), the stemcell,
 # agent and spread group. Manifest metadata never lands on them: a tag named `created_by` would
 # otherwise take a VM away from its CPI (has_vm false, delete_vm a no-op while it runs on).
-OWN_KEYS = frozenset({"created_by", "kind", "vm", "created", "agent_id", "stemcell", "group", "creating"})
+OWN_KEYS = frozenset(
+    {"created_by", "kind", "vm", "created", "agent_id", "stemcell", "group", "creating", "moving-from", "move-copied"}
+)
 CREATING_KEY = "creating"
 
 
