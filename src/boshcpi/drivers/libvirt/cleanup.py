@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from boshcpi import ids
+from boshcpi import ids, log
 from boshcpi.drivers.libvirt import locks, naming, xmltree
 from boshcpi.drivers.libvirt.host import PROBE_PREFIX, LibvirtHost, mtime
 from boshcpi.report import Orphan
@@ -48,7 +48,10 @@ class Cleaner:
     def find(self, older_than: float) -> list[Orphan]:
         host = self.host
         pool = host.pool
-        pool.refresh(0)
+        try:
+            pool.refresh(0)  # files put in the pool's folder by hand, too
+        except host.lv.libvirtError as e:
+            log.debug(f"pool not refreshed ({e.get_error_message()}): another call is making a volume")
         domains = {d.name(): d for d in host.all_domains()}
         used = self._used_paths()
         now = host.clock()

@@ -365,11 +365,11 @@ class LibvirtCloud(Cloud):
 
     # ---- disks ------------------------------------------------------------------------------
     def create_disk(self, spec: DiskSpec) -> str:
-        free = self.host.free_bytes()
-        if free and spec.size_mb * MiB > self.host.pool.info()[1]:
+        capacity = self.host.capacity_bytes()
+        if capacity and spec.size_mb * MiB > capacity:
             raise CpiError(
                 f"create_disk: size {spec.size_mb} MiB does not fit in pool {self.lc.storage_pool_name} "
-                f"({self.host.pool.info()[1] >> 20} MiB in all)"
+                f"({capacity >> 20} MiB in all)"
             )
         cid = naming.new_disk_cid()
         self.host.new_volume(cid, spec.size_mb * MiB, "raw")

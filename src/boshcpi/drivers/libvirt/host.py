@@ -70,13 +70,9 @@ class LibvirtHost:
                 pool = self.conn.storagePoolLookupByName(self.lc.storage_pool_name)
             except self.lv.libvirtError as e:
                 raise CloudError(f"storage pool {self.lc.storage_pool_name!r}: {e.get_error_message()}") from None
-            try:
-                # Picks up files put in the pool's folder by hand; what libvirt made it knows already.
-                pool.refresh(0)
-            except self.lv.libvirtError as e:
-                # libvirtd refuses a refresh while another call creates a volume in the pool
-                # ("has asynchronous jobs running"): that call's volume is known to libvirt anyway.
-                log.debug(f"storage pool {self.lc.storage_pool_name}: not refreshed ({e.get_error_message()})")
+            # No refresh: libvirtd knows every volume made through it (by any client), and a refresh
+            # re-reads every volume's header (a cost that grows with the pool) and is refused while
+            # another call creates a volume. `cleanup` refreshes, for files put in by hand.
             self._pool = pool
         return self._pool
 
@@ -187,6 +183,12 @@ class LibvirtHost:
         then = mtime(vol) if vol is not None else None
         now = self.clock() if now is None else now
         return None if then is None or now is None else max(0.0, now - then)
+
+    def capacity_bytes(self) -> int:
+        try:
+            return int(self.pool.info()[1])
+        except self.lv.libvirtError:
+            return 0
 
     def free_bytes(self) -> int:
         try:
