@@ -46,13 +46,19 @@ def _open(path: str) -> tarfile.TarFile:
         raise CpiError(f"create_stemcell: {path!r} is not a readable tarball: {e}") from None
 
 
-def probe(path: str) -> str:
+PROBE_BYTES = 1 << 30  # how far into the unpacked tarball the probe reads before it decides
+
+
+def probe(path: str, limit: int = PROBE_BYTES) -> str:
     """'vm' if the image tarball holds a disk image (root.img), 'rootfs' if it holds a root
-    filesystem; CpiError for anything else."""
+    filesystem; CpiError for anything else. Entries are read until the answer is certain (root.img, or
+    two top-level root filesystem folders), the stream ends, or `limit` bytes of it are read: never a
+    fixed number of entries, so the order `tar` wrote them in (./etc and its hundreds of files first)
+    does not change the answer."""
     seen_dirs: set[str] = set()
     tf = _open(path)
     try:
-        for n, member in enumerate(tf):
+        for member in tf:
             name = member.name[2:] if member.name.startswith("./") else member.name
             if member.name in VM_IMAGE_NAMES:
                 return "vm"
@@ -61,8 +67,12 @@ def probe(path: str) -> str:
                 seen_dirs.add(top)
                 if len(seen_dirs) >= 2:
                     return "rootfs"
-            if n > 64:
+            if tf.offset > limit:
                 break
+        # The whole stream read (a small root filesystem), or `limit` bytes of it: a VM image's root.img
+        # is its first member, so root filesystem folders by then are a root filesystem.
+        if seen_dirs:
+            return "rootfs"
     except (tarfile.TarError, OSError, EOFError) as e:
         raise CpiError(f"create_stemcell: {path!r} is not a readable tarball: {e}") from None
     finally:
