@@ -116,6 +116,51 @@ def start(kind: str, members: int = 2) -> Cluster:
         raise
 
 
+def _launch(cluster: Cluster, name: str) -> None:
+    daemon = KINDS[cluster.kind][0]
+    log = open(cluster.root / f"{name}.log", "a")  # noqa: SIM115 - kept open for the daemon's life
+    proc = subprocess.Popen(
+        [*daemon, "--logfile", str(cluster.root / f"{name}.daemon.log")],
+        env=cluster.env(name),
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    cluster.pids[name] = proc.pid
+
+
+def kill_member(cluster: Cluster, name: str) -> None:
+    """A member's daemon gone at once (power loss, a crash): SIGKILL, by the PID this module started."""
+    os.kill(cluster.pids[name], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(cluster.pids[name], 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
+def restart_member(cluster: Cluster, name: str) -> None:
+    _launch(cluster, name)
+    _wait_ready(cluster, name)
+
+
+def wait_member_status(cluster: Cluster, name: str, status: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        try:
+            seen = cluster.query(f"/1.0/cluster/members/{name}")["status"]
+        except (RuntimeError, ValueError):
+            seen = "?"
+        if seen == status:
+            return
+        time.sleep(1)
+    raise AssertionError(f"member {name} is {seen}, not {status}, after {timeout}s")
+
+
 def stop(cluster: Cluster) -> None:
     for name in reversed(cluster.members):
         cmd = ["lxd", "shutdown"] if cluster.kind == "lxd" else ["incus", "admin", "shutdown"]

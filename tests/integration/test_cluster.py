@@ -162,7 +162,9 @@ def test_predeploy_puts_the_stemcell_on_every_member(cluster, test_stemcells):
     # Every member holds the image before any create_vm, and the throwaway instances are gone.
     fingerprint = cluster.query(f"/1.0/images/aliases/{sc}")["target"]
     assert _members_holding(cluster, fingerprint) == set(cluster.members)
-    assert not [i for i in cluster.query("/1.0/instances") if "pre-" in i]
+    assert not [
+        i for i in cluster.query("/1.0/instances?recursion=1") if i["config"].get("user.bosh.kind") == "predeploy"
+    ]
     vm = create(cluster, sc, {"target": "m2"})
     call(path, "delete_vm", vm).ok()
     call(path, "delete_stemcell", sc).ok()
@@ -179,13 +181,6 @@ def test_doctor_reports_members_and_groups(cluster):
     assert checks["connection"]["status"] == "OK"
     assert checks["member m1"]["status"] == "OK" and checks["member m2"]["status"] == "OK"
     assert "g2" in checks["member m2"]["detail"]
-
-
-def test_everything_is_gone_at_the_end(cluster, stemcell):
-    assert call(cluster.config_path, "delete_stemcell", stemcell).ok() is None
-    assert not [i for i in cluster.query("/1.0/instances") if "vm-" in i]
-    assert cluster.query("/1.0/images") == []
-    assert not [v for v in cluster.query("/1.0/storage-pools/local/volumes/custom") if "vol-" in v]
 
 
 def test_a_recreated_vm_goes_where_its_disk_is(cluster, stemcell):
@@ -261,3 +256,37 @@ def test_a_move_killed_halfway_leaves_one_disk(cluster, stemcell, killed_at):
     call(cluster.config_path, "delete_disk", disk).ok()
     for vm in (vm1, vm2):
         call(cluster.config_path, "delete_vm", vm).ok()
+
+
+def test_a_member_that_goes_away(cluster, stemcell):
+    """A member whose daemon is gone (power loss): has_vm of its VM does not answer false (the director
+    would recreate it), every other call on it is a retryable CloudError naming the member, and a new
+    VM of a spread instance group goes to a member that answers. Back, everything works again."""
+    vm = create(cluster, stemcell, {"target": "m2"})
+    cluster.cli("config", "set", "cluster.offline_threshold", "11")
+    cl.kill_member(cluster, "m2")
+    try:
+        cl.wait_member_status(cluster, "m2", "Offline")
+        for method, args in (("has_vm", [vm]), ("set_vm_metadata", [vm, {"a": "b"}]), ("reboot_vm", [vm]),
+                             ("delete_vm", [vm]), ("get_disks", [vm])):  # fmt: skip
+            resp = call(cluster.config_path, method, *args)
+            assert resp.error_type == "Bosh::Clouds::CloudError", (method, resp.result)
+            assert resp.error["ok_to_retry"] is True, (method, resp.error)
+            assert "m2" in resp.error["message"], (method, resp.error)
+        env = {"bosh": {"group": "offline-test"}}
+        vm1, _ = call(cluster.config_path, "create_vm", "agent-o", stemcell, {}, {}, [], env).ok()
+        assert location(cluster, vm1) == "m1"
+        call(cluster.config_path, "delete_vm", vm1).ok()
+    finally:
+        cl.restart_member(cluster, "m2")
+        cl.wait_member_status(cluster, "m2", "Online")
+    assert call(cluster.config_path, "has_vm", vm).ok() is True
+    call(cluster.config_path, "delete_vm", vm).ok()
+
+
+def test_everything_is_gone_at_the_end(cluster, stemcell):
+    assert call(cluster.config_path, "delete_stemcell", stemcell).ok() is None
+    assert not [i for i in cluster.query("/1.0/instances") if "vm-" in i]
+    assert cluster.query("/1.0/images") == []
+    assert not [v for v in cluster.query("/1.0/storage-pools/local/volumes/custom") if "vol-" in v]
+    assert not [p for p in cluster.query("/1.0/profiles") if "boshcpi-lock-" in p]

@@ -17,7 +17,6 @@ in the same layout.
 from __future__ import annotations
 
 from boshcpi import fastjson, log
-from boshcpi.agent import configdisk
 from boshcpi.drivers.libvirt import domain as dom_xml
 from boshcpi.drivers.libvirt import naming
 from boshcpi.protocol import CloudError
@@ -50,7 +49,7 @@ def read(host: LibvirtHost, dom: Any) -> tuple[dict[str, Any], str]:
     ac = host.cfg.agent_config
     for path in (ac.userdata_path, "ec2/latest/user-data", "openstack/latest/user_data", "env"):
         try:
-            return fastjson.loads(configdisk.read_file(image, path)), path
+            return fastjson.loads(_configdisk().read_file(image, path)), path
         except FileNotFoundError:
             continue
         except ValueError:
@@ -60,7 +59,7 @@ def read(host: LibvirtHost, dom: Any) -> tuple[dict[str, Any], str]:
 
 def build_image(host: LibvirtHost, settings: dict[str, Any], userdata_path: str | None = None) -> bytes:
     ac = host.cfg.agent_config
-    return configdisk.build(
+    return _configdisk().build(
         settings,
         kind=ac.type,
         label=ac.label,
@@ -98,7 +97,7 @@ def write(host: LibvirtHost, dom: Any, settings: dict[str, Any]) -> None:
     if path == "env":
         from boshcpi.agent import iso9660
 
-        image = iso9660.build({"env": configdisk.settings_bytes(settings)}, label=host.cfg.agent_config.label)
+        image = iso9660.build({"env": _configdisk().settings_bytes(settings)}, label=host.cfg.agent_config.label)
     vol = new_volume(host, dom.name(), image)
     is_cdrom = old["device"] == "cdrom" if old else host.cfg.agent_config.type == "CDROM"
     lv = host.lv
@@ -158,3 +157,11 @@ def drop_stale(host: LibvirtHost, dom: Any) -> None:
         if naming.owned_by(name, vm_cid) and name.startswith((naming.CONFIG_PREFIX, naming.GO_CONFIG_PREFIX)):
             host.delete_volume(name)
     host.set_metadata(dom, {STALE_KEY: ""}, remove=True)
+
+
+def _configdisk() -> Any:
+    """The config drive writers and readers, imported only by the calls that read or write a drive
+    (has_vm and the other lookups do not pay for them)."""
+    from boshcpi.agent import configdisk
+
+    return configdisk

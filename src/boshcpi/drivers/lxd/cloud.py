@@ -87,7 +87,7 @@ class LXDCloud(Cloud):
 
     def has_vm(self, vm_cid: str) -> bool:
         with mapped("has_vm"):
-            return self.host.is_owned(self.host.find_instance(vm_cid))
+            return self.host.is_owned(self.host.find_instance(vm_cid, "has_vm"))
 
     def _root_device(self) -> dict[str, dict[str, str]]:
         # No size: a size different from the image's makes some drivers copy the whole image.

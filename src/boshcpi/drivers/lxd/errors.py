@@ -24,6 +24,20 @@ class mapped:
         return False
 
 
+# What LXD and Incus answer for an instance or volume on a cluster member that does not answer.
+MEMBER_DOWN = (
+    "missing event connection with target cluster member",
+    "failed to connect to cluster member",
+    "unable to connect to cluster member",
+    "cluster member is offline",
+    "member is offline",
+)
+
+
+def member_down(e: LXDError) -> bool:
+    return any(m in e.message.lower() for m in MEMBER_DOWN)
+
+
 def to_bosh(e: LXDError, action: str, not_found: BoshError | None = None) -> BoshError:
     if e.not_found and not_found is not None:
         return not_found
@@ -31,7 +45,8 @@ def to_bosh(e: LXDError, action: str, not_found: BoshError | None = None) -> Bos
     lowered = text.lower()
     if "no space left" in lowered or "quota exceeded" in lowered:
         return NoDiskSpace(f"{action}: {text}")
-    # The daemon going away (restart, upgrade) fails the call mid-way; a retry can succeed.
-    transient = ("timeout", "shutting down", "connection reset", "broken pipe", "unexpected eof")
+    # The daemon going away (restart, upgrade) fails the call mid-way; a retry can succeed. So does a
+    # call on a cluster member that is down: it answers again once the member is back.
+    transient = ("timeout", "shutting down", "connection reset", "broken pipe", "unexpected eof", *MEMBER_DOWN)
     retry = e.unreachable or e.status in (502, 503, 504) or any(t in lowered for t in transient)
     return CloudError(f"{action}: {text}", ok_to_retry=retry)

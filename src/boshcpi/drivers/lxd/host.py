@@ -12,9 +12,9 @@ import time
 from boshcpi import log
 from boshcpi.drivers.lxd import naming
 from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote
-from boshcpi.drivers.lxd.errors import mapped
+from boshcpi.drivers.lxd.errors import MEMBER_DOWN, mapped, member_down
 from boshcpi.ids import is_vm_cid
-from boshcpi.protocol import VMNotFound
+from boshcpi.protocol import CloudError, VMNotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -99,18 +99,41 @@ class LXDHost:
         return self.client.server_type
 
     # ---- instances -----------------------------------------------------------------------
-    def find_instance(self, name: str) -> dict[str, Any] | None:
+    def find_instance(self, name: str, action: str = "") -> dict[str, Any] | None:
         try:
             return self.client.get(instance_path(name))
         except LXDError as e:
             if e.not_found:
                 return None
+            if member_down(e):
+                raise self._member_down(name, action or "look up", e) from None
             raise
 
     def instance(self, vm_cid: str, action: str) -> tuple[dict[str, Any], str]:
         """The instance and its ETag, or VMNotFound."""
-        with mapped(action, not_found=VMNotFound(f"{action}: VM {vm_cid} not found")):
-            return self.client.get_with_etag(instance_path(vm_cid))
+        try:
+            with mapped(action, not_found=VMNotFound(f"{action}: VM {vm_cid} not found")):
+                return self.client.get_with_etag(instance_path(vm_cid))
+        except CloudError as e:
+            if any(m in e.message.lower() for m in MEMBER_DOWN):
+                raise self._member_down(vm_cid, action, None) from None
+            raise
+
+    def _member_down(self, vm_cid: str, action: str, e: LXDError | None) -> CloudError:
+        """A VM on a cluster member that does not answer (offline, being evacuated, its daemon gone):
+        it exists (has_vm must not say otherwise, or the director recreates it), and the call can
+        succeed once the member is back. Its member, from the instance list the others still give."""
+        member = "?"
+        try:
+            for inst in self.client.get("/1.0/instances", params={"recursion": 1}) or []:
+                if inst.get("name") == vm_cid:
+                    member = f"{inst.get('location') or '?'} ({inst.get('status') or '?'})"
+        except LXDError:
+            pass
+        return CloudError(
+            f"{action}: VM {vm_cid} is on cluster member {member}, which does not answer; retry once it is back",
+            ok_to_retry=True,
+        )
 
     def is_owned(self, inst: dict[str, Any] | None) -> bool:
         """An instance boshcpi made, or one in the Go CPI's layout (a `config` disk device on a
