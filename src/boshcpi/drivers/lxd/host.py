@@ -12,7 +12,7 @@ import time
 from boshcpi import log
 from boshcpi.drivers.lxd import naming
 from boshcpi.drivers.lxd.client import LXDClient, LXDError, quote
-from boshcpi.drivers.lxd.errors import MEMBER_DOWN, mapped, member_down
+from boshcpi.drivers.lxd.errors import mapped, member_down
 from boshcpi.ids import is_vm_cid
 from boshcpi.protocol import CloudError, VMNotFound
 
@@ -105,33 +105,48 @@ class LXDHost:
         except LXDError as e:
             if e.not_found:
                 return None
-            if member_down(e):
-                raise self._member_down(name, action or "look up", e) from None
+            down = self._member_down(name, action or "look up", e)
+            if down is not None:
+                raise down from None
             raise
 
     def instance(self, vm_cid: str, action: str) -> tuple[dict[str, Any], str]:
         """The instance and its ETag, or VMNotFound."""
         try:
-            with mapped(action, not_found=VMNotFound(f"{action}: VM {vm_cid} not found")):
-                return self.client.get_with_etag(instance_path(vm_cid))
-        except CloudError as e:
-            if any(m in e.message.lower() for m in MEMBER_DOWN):
-                raise self._member_down(vm_cid, action, None) from None
-            raise
+            return self.client.get_with_etag(instance_path(vm_cid))
+        except LXDError as e:
+            if e.not_found:
+                raise VMNotFound(f"{action}: VM {vm_cid} not found") from None
+            down = self._member_down(vm_cid, action, e)
+            if down is not None:
+                raise down from None
+            with mapped(action):
+                raise
 
-    def _member_down(self, vm_cid: str, action: str, e: LXDError | None) -> CloudError:
-        """A VM on a cluster member that does not answer (offline, being evacuated, its daemon gone):
-        it exists (has_vm must not say otherwise, or the director recreates it), and the call can
-        succeed once the member is back. Its member, from the instance list the others still give."""
-        member = "?"
+    def _member_down(self, vm_cid: str, action: str, e: LXDError) -> CloudError | None:
+        """A VM on a cluster member that does not answer (offline, its daemon gone): it exists (has_vm
+        must not say otherwise, or the director recreates it), and the call can succeed once the
+        member is back. Known by the daemon's words (`member_down`) or, where it says something else
+        (Incus: "Server isn't ready yet"), by the state of the member the instance list places it on."""
+        if not (self.client.server.get("environment") or {}).get("server_clustered"):
+            return None
+        member = ""
         try:
             for inst in self.client.get("/1.0/instances", params={"recursion": 1}) or []:
                 if inst.get("name") == vm_cid:
-                    member = f"{inst.get('location') or '?'} ({inst.get('status') or '?'})"
+                    member = str(inst.get("location") or "")
+            state = (
+                str((self.client.get(f"/1.0/cluster/members/{quote(member, '')}", project=False) or {}).get("status"))
+                if member
+                else ""
+            )
         except LXDError:
-            pass
+            state = ""
+        if not member_down(e) and (not member or state == "Online"):
+            return None
         return CloudError(
-            f"{action}: VM {vm_cid} is on cluster member {member}, which does not answer; retry once it is back",
+            f"{action}: VM {vm_cid} is on cluster member {member or '?'} ({state or 'not answering'}), which does "
+            f"not answer ({e.message}); retry once it is back",
             ok_to_retry=True,
         )
 
