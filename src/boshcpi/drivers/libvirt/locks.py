@@ -17,7 +17,7 @@ from boshcpi.protocol import CloudError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from boshcpi.drivers.libvirt.host import LibvirtHost
+    from typing import Any
 
 PREFIX = "boshcpi-lock-"
 TTL = 120.0
@@ -25,7 +25,9 @@ ERR_STORAGE_VOL_EXIST = 90  # virErrorNumber VIR_ERR_STORAGE_VOL_EXIST
 
 
 class VolumeLock:
-    def __init__(self, host: LibvirtHost, key: str, action: str, timeout: float) -> None:
+    def __init__(self, host: Any, key: str, action: str, timeout: float) -> None:
+        """`host`: the driver's LibvirtHost (which makes these; not imported here, so the two modules
+        do not import each other)."""
         self.host, self.key, self.action, self.timeout = host, key, action, timeout
         self.name = PREFIX + key
         self.held = False
