@@ -55,12 +55,13 @@ install_pkgs() {
 install_all() {
   add_backports
   # backports first: incus pulls QEMU 10, which needs libvirt 11 (HOST.md pitfall)
-  install_pkgs bookworm-backports incus libvirt-daemon-system libvirt-clients qemu-system-x86 libvirt-dev
-  install_pkgs "" lxd btrfs-progs busybox-static pkg-config dosfstools mtools xorriso ruby \
+  install_pkgs bookworm-backports incus libvirt-daemon-system libvirt-clients qemu-system-x86
+  install_pkgs "" lxd btrfs-progs busybox-static dosfstools mtools xorriso ruby \
     extlinux syslinux syslinux-common fdisk curl jq hyperfine cpio qemu-utils openssl e2fsprogs \
     debootstrap time git
-  # `bosh create-env` compiles the release's python3 package on this machine (tests/e2e).
-  install_pkgs "" build-essential libssl-dev zlib1g-dev libbz2-dev liblzma-dev libffi-dev libsqlite3-dev
+  # `bosh create-env` compiles the release's python3 package on this machine (tests/e2e): what a
+  # stemcell has is enough (packages/python3/packaging).
+  install_pkgs "" build-essential libssl-dev zlib1g-dev
 }
 
 # ---- daemons -------------------------------------------------------------------------------

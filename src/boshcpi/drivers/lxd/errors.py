@@ -48,5 +48,7 @@ def to_bosh(e: LXDError, action: str, not_found: BoshError | None = None) -> Bos
     # The daemon going away (restart, upgrade) fails the call mid-way; a retry can succeed. So does a
     # call on a cluster member that is down: it answers again once the member is back.
     transient = ("timeout", "shutting down", "connection reset", "broken pipe", "unexpected eof", *MEMBER_DOWN)
-    retry = e.unreachable or e.status in (502, 503, 504) or any(t in lowered for t in transient)
+    # 412: the object changed between this call's read and its write (another writer won): reading again
+    # and retrying succeeds.
+    retry = e.unreachable or e.status in (412, 502, 503, 504) or any(t in lowered for t in transient)
     return CloudError(f"{action}: {text}", ok_to_retry=retry)
