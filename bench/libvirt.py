@@ -216,20 +216,7 @@ def main() -> int:
     )
     version = subprocess.run(["virsh", "-c", "qemu:///system", "version", "--daemon"], capture_output=True, text=True)
     daemon_line = next((line for line in version.stdout.splitlines() if "daemon" in line.lower()), "")
-    doc = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": {"name": platform.node(), "cpus": os.cpu_count(), "kernel": platform.release()},
-        "daemon": "libvirt",
-        "daemon_version": daemon_line,
-        "rows": bench.rows,
-        "notes": bench.notes,
-    }
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    missed = [r["name"] for r in bench.rows if r.get("met") is False]
-    print(
-        f"wrote {out}\n{len(bench.rows) - len(missed)} of {len(bench.rows)} rows met"
-        + (f"; missed: {missed}" if missed else "")
-    )
+    common.write_results(out, "libvirt", daemon_line, bench)
     return 0
 
 

@@ -692,6 +692,26 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def write_results(out: Path, daemon: str, version: str, bench: Bench) -> None:
+    """The run's rows and notes as bench/results/*.json (report.py makes README's tables of them)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": {"name": platform.node(), "cpus": os.cpu_count(), "kernel": platform.release()},
+        "daemon": daemon,
+        "daemon_version": version,
+        "rows": bench.rows,
+        "notes": bench.notes,
+    }
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out}")
+    missed = [r["name"] for r in bench.rows if r.get("met") is False]
+    print(
+        f"{len(bench.rows) - len(missed)} of {len(bench.rows)} rows met their target"
+        + (f"; missed: {', '.join(missed)}" if missed else "")
+    )
+
+
 def mac() -> str:
     return "00:16:3e:" + ":".join(f"{b:02x}" for b in os.urandom(3))
 
@@ -739,22 +759,7 @@ def main() -> int:
         if args.out
         else (ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-{platform.node()}-{args.daemon}.json")
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": {"name": platform.node(), "cpus": os.cpu_count(), "kernel": platform.release()},
-        "daemon": args.daemon,
-        "daemon_version": bench.lxc("version", project=False).strip().splitlines()[-1],
-        "rows": bench.rows,
-        "notes": bench.notes,
-    }
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {out}")
-    missed = [r["name"] for r in bench.rows if r.get("met") is False]
-    print(
-        f"{len(bench.rows) - len(missed)} of {len(bench.rows)} rows met their target"
-        + (f"; missed: {', '.join(missed)}" if missed else "")
-    )
+    write_results(out, args.daemon, bench.lxc("version", project=False).strip().splitlines()[-1], bench)
     return 0
 
 

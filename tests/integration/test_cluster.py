@@ -140,6 +140,15 @@ def _fresh_rootfs(src: Path, dest: Path) -> Path:
     return dest
 
 
+def predeploy_config(cluster, name: str) -> Path:
+    """The cluster's CPI config with `server.predeploy_stemcell` on."""
+    cfg = json.loads(cluster.config_path.read_text())
+    cfg["server"]["predeploy_stemcell"] = True
+    path = cluster.tmp / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
 def test_predeploy_puts_the_stemcell_on_every_member(cluster, test_stemcells):
     d = test_stemcells["warden"]
     # LXD and Incus copy a new image to `cluster.images_minimal_replica` members (default 3) at upload,
@@ -152,10 +161,7 @@ def test_predeploy_puts_the_stemcell_on_every_member(cluster, test_stemcells):
     fingerprint = cluster.query(f"/1.0/images/aliases/{plain}")["target"]
     assert len(_members_holding(cluster, fingerprint)) == 1
     call(cluster.config_path, "delete_stemcell", plain).ok()
-    cfg = json.loads(cluster.config_path.read_text())
-    cfg["server"]["predeploy_stemcell"] = True
-    path = cluster.tmp / "predeploy.json"
-    path.write_text(json.dumps(cfg))
+    path = predeploy_config(cluster, "predeploy")
     props = {**stemcells.cloud_properties(d), "version": "5.5"}
     image = _fresh_rootfs(d / "image", cluster.tmp / "predeploy.tgz")
     sc = call(path, "create_stemcell", str(image), props).ok()
@@ -210,10 +216,7 @@ def test_a_killed_predeploy_leaves_nothing_cleanup_or_delete_stemcell_cannot_han
     from tests.integration.test_cleanup import cleanup, killed_call
 
     d = test_stemcells["warden"]
-    cfg = json.loads(cluster.config_path.read_text())
-    cfg["server"]["predeploy_stemcell"] = True
-    path = cluster.tmp / "predeploy-kill.json"
-    path.write_text(json.dumps(cfg))
+    path = predeploy_config(cluster, "predeploy-kill")
     props = {**stemcells.cloud_properties(d), "version": "5.9"}
     image = _fresh_rootfs(d / "image", cluster.tmp / "predeploy-kill.tgz")
     aliases_before = {a["name"] for a in cluster.query("/1.0/images/aliases?recursion=1")}

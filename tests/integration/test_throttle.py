@@ -99,32 +99,31 @@ def test_flock_fallback_enforces_the_same_limit(lxd, lxd_stemcell, tmp_path):
     assert all("using flock slots" in r.stderr for r in results)
 
 
+def paused_holder(config: Path, args: list) -> subprocess.Popen:
+    """A create_vm CPI process that holds its lease and waits at its `instance` step to be killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(config)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "BOSHCPI_PAUSE_AT": "instance"},
+    )
+    holder.stdin.write(json.dumps({"method": "create_vm", "arguments": args, "context": {}}).encode())
+    holder.stdin.close()
+    for line in holder.stderr:
+        if b"paused at instance" in line:
+            break
+    return holder
+
+
 def test_killed_holder_releases_its_lease(lxd, lxd_stemcell, tmp_path):
     sock = tmp_path / "throttle.sock"
     server = start_server(sock, 1, "20s")
     try:
         config = lxd.write_config(throttle_config={"enabled": True, "path": str(sock), "limit": 1})
-        request = json.dumps(
-            {
-                "method": "create_vm",
-                "arguments": ["agent-k", lxd_stemcell, {"ephemeral_disk": 32}, {}, [], {}],
-                "context": {},
-            }
-        )
-        holder = subprocess.Popen(
-            [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(config)],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "BOSHCPI_PAUSE_AT": "instance"},
-        )
-        holder.stdin.write(request.encode())
-        holder.stdin.close()
         # Killed once it holds the lease and has made its ephemeral volume (it says "paused at").
-        for line in holder.stderr:
-            if b"paused at instance" in line:
-                break
+        holder = paused_holder(config, ["agent-k", lxd_stemcell, {"ephemeral_disk": 32}, {}, [], {}])
         assert len(status(sock)["active"]) == 1
         holder.kill()
         holder.wait()
@@ -197,22 +196,7 @@ def test_a_lease_is_renewed_while_its_call_runs(lxd, lxd_stemcell, tmp_path):
     holder = None
     try:
         config = lxd.write_config(throttle_config={"enabled": True, "path": str(sock), "limit": 1})
-        request = json.dumps(
-            {"method": "create_vm", "arguments": ["agent-r", lxd_stemcell, {}, {}, [], {}], "context": {}}
-        )
-        holder = subprocess.Popen(
-            [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(config)],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "BOSHCPI_PAUSE_AT": "instance"},
-        )
-        holder.stdin.write(request.encode())
-        holder.stdin.close()
-        for line in holder.stderr:
-            if b"paused at instance" in line:
-                break
+        holder = paused_holder(config, ["agent-r", lxd_stemcell, {}, {}, [], {}])
         time.sleep(4)  # four holds
         active = status(sock)["active"]
         assert len(active) == 1 and active[0]["held"] > 3.5 and "create_vm" in active[0]["client"]
