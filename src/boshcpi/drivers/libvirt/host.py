@@ -7,9 +7,9 @@ import os
 
 from boshcpi import ids, log
 from boshcpi.drivers.libvirt import domain as dom_xml
-from boshcpi.drivers.libvirt import naming, remote, xmltree
+from boshcpi.drivers.libvirt import naming, remote, rpc, xmltree
 from boshcpi.drivers.libvirt.xmltree import escape
-from boshcpi.protocol import BoshError, CloudError, NoDiskSpace, VMNotFound
+from boshcpi.protocol import BoshError, CloudError, NoDiskSpace, NotSupported, VMNotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ class LibvirtHost:
                     ca_cert=self.lc.tls_ca_cert,
                 )
             except remote.libvirtError as e:
+                if e.code == rpc.ERR_NO_SUPPORT:  # SASL, or a transport boshcpi does not speak
+                    raise NotSupported(f"cannot connect to libvirt at {self.lc.uri}: {e.message}") from None
                 # A certificate that does not verify, or an authentication refused, stays that way.
                 raise CloudError(
                     f"cannot connect to libvirt at {self.lc.uri}: {e.message}", ok_to_retry=not e.permanent
