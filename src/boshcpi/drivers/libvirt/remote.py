@@ -13,7 +13,6 @@ from boshcpi.drivers.libvirt.xdr import Packer, Unpacker
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
 
 libvirtError = LibvirtError  # libvirt-python's name
 
@@ -40,8 +39,6 @@ VIR_DOMAIN_METADATA_ELEMENT = 2
 VIR_DOMAIN_BLOCK_RESIZE_BYTES = 1
 
 # REMOTE_PROC_* numbers (remote_protocol.x, enum remote_procedure)
-P_GET_VERSION = 4
-P_GET_CAPABILITIES = 7
 P_DOMAIN_DEFINE_XML = 11
 P_DOMAIN_DESTROY = 12
 P_DOMAIN_GET_XML_DESC = 14
@@ -103,12 +100,6 @@ class Connection:
     def getLibVersion(self) -> int:
         return self._call(P_GET_LIB_VERSION).uhyper()
 
-    def getVersion(self) -> int:
-        return self._call(P_GET_VERSION).uhyper()
-
-    def getCapabilities(self) -> str:
-        return self._call(P_GET_CAPABILITIES).string()
-
     def getDomainCapabilities(
         self, emulatorbin: str | None, arch: str | None, machine: str | None, virttype: str | None, flags: int = 0
     ) -> str:
@@ -163,10 +154,6 @@ class Domain:
 
     def name(self) -> str:
         return self._name
-
-    def UUIDString(self) -> str:
-        h = self.uuid.hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def XMLDesc(self, flags: int = 0) -> str:
         return self._call(P_DOMAIN_GET_XML_DESC, lambda p: p.uint(flags)).string()
@@ -369,8 +356,3 @@ class Stream:
     def abort(self) -> int:
         self.client.stream_abort(self.proc, self.serial)
         return 0
-
-
-def error_of(e: BaseException) -> Any:
-    """The LibvirtError behind `e`, or None."""
-    return e if isinstance(e, LibvirtError) else None
