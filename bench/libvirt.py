@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -203,17 +201,7 @@ def main() -> int:
     common.BOSHCPI[:] = common.packaged_launcher(pkg_dir)
     bench = LibvirtBench(max(args.runs, 10), args.image_mib, max(args.stemcell_runs, 10))
     parts = {"calls": bench.calls, "disks": bench.disks, "stemcell": bench.stemcell, "imports": bench.import_cost}
-    try:
-        for name in args.only.split(",") if args.only else list(parts):
-            parts[name]()
-    finally:
-        bench.close()
-        shutil.rmtree(pkg_dir, ignore_errors=True)
-    out = (
-        Path(args.out)
-        if args.out
-        else BENCH / "results" / f"{time.strftime('%Y-%m-%d')}-{platform.node()}-libvirt.json"
-    )
+    out = common.run_parts(parts, args.only, bench, pkg_dir, args.out, "libvirt")
     version = subprocess.run(["virsh", "-c", "qemu:///system", "version", "--daemon"], capture_output=True, text=True)
     daemon_line = next((line for line in version.stdout.splitlines() if "daemon" in line.lower()), "")
     common.write_results(out, "libvirt", daemon_line, bench)

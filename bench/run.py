@@ -692,6 +692,19 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def run_parts(parts: dict, only: str | None, bench: Bench, pkg_dir: Path, out: str | None, daemon: str) -> Path:
+    """Run the chosen parts (all by default), always tidying up; the results file's path."""
+    try:
+        for name in only.split(",") if only else list(parts):
+            parts[name]()
+    finally:
+        bench.close()
+        shutil.rmtree(pkg_dir, ignore_errors=True)
+    if out:
+        return Path(out)
+    return ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-{platform.node()}-{daemon}.json"
+
+
 def write_results(out: Path, daemon: str, version: str, bench: Bench) -> None:
     """The run's rows and notes as bench/results/*.json (report.py makes README's tables of them)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -747,18 +760,7 @@ def main() -> int:
         "stemcell": bench.create_stemcell,
         "scale": bench.scale,
     }
-    chosen = args.only.split(",") if args.only else list(parts)
-    try:
-        for name in chosen:
-            parts[name]()
-    finally:
-        bench.close()
-        shutil.rmtree(pkg_dir, ignore_errors=True)
-    out = (
-        Path(args.out)
-        if args.out
-        else (ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-{platform.node()}-{args.daemon}.json")
-    )
+    out = run_parts(parts, args.only, bench, pkg_dir, args.out, args.daemon)
     write_results(out, args.daemon, bench.lxc("version", project=False).strip().splitlines()[-1], bench)
     return 0
 

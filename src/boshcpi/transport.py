@@ -43,8 +43,7 @@ def tcp(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Any:
     sock.settimeout(timeout)
     try:
         sock.connect(addr)
-        if family != _socket.AF_UNIX:
-            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
     except BaseException:
         sock.close()
         raise
