@@ -58,7 +58,7 @@ install_all() {
   install_pkgs bookworm-backports incus libvirt-daemon-system libvirt-clients qemu-system-x86
   install_pkgs "" lxd btrfs-progs busybox-static dosfstools mtools xorriso ruby \
     extlinux syslinux syslinux-common fdisk curl jq hyperfine cpio qemu-utils openssl e2fsprogs \
-    debootstrap time git
+    debootstrap time git lxcfs runc
   # `bosh create-env` compiles the release's python3 package on this machine (tests/e2e): what a
   # stemcell has is enough (packages/python3/packaging).
   install_pkgs "" build-essential libssl-dev zlib1g-dev
@@ -67,8 +67,36 @@ install_all() {
 # ---- daemons -------------------------------------------------------------------------------
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# lxcfs, as on any LXD host (Debian's lxd recommends it, its unit starts it at boot): containers then
+# see their own /proc/uptime, meminfo, cpuinfo, stat, loadavg. Started before the daemons, which
+# look for /var/lib/lxcfs when they start a container.
+start_lxcfs() {
+  if mountpoint -q /var/lib/lxcfs; then return; fi
+  say "starting lxcfs"
+  mkdir -p /var/lib/lxcfs
+  setsid nohup lxcfs /var/lib/lxcfs >"$LOG_DIR/lxcfs.out" 2>&1 < /dev/null &
+  echo $! > "$STATE_DIR/lxcfs.pid"
+  for _ in $(seq 50); do mountpoint -q /var/lib/lxcfs && return; sleep 0.1; done
+  say "lxcfs did not mount /var/lib/lxcfs (see $LOG_DIR/lxcfs.out)"; exit 1
+}
+
+# A daemon whose cluster.https_address is its own bridge's address cannot start after a shutdown
+# that took the bridge down (a host reboot): it binds that address before it brings its networks
+# up, and exits with "bind: cannot assign requested address". So once ensure_https has put it
+# there, the bridge and its address are made first; the daemon adopts the existing bridge.
+bridge_first() {
+  local cli=$1 bridge=$2 cidr=$3
+  [ -f "$STATE_DIR/$cli.listens-on-bridge" ] || return 0
+  ip -4 addr show dev "$bridge" 2>/dev/null | grep -q " ${cidr%/*}/" && return 0
+  say "$cli: bringing up $bridge ($cidr) before the daemon, which listens on it"
+  ip link show "$bridge" >/dev/null 2>&1 || ip link add "$bridge" type bridge
+  ip addr add "$cidr" dev "$bridge" 2>/dev/null || true
+  ip link set "$bridge" up
+}
+
 start_lxd() {
   if [ -S /var/lib/lxd/unix.socket ] && timeout 5 lxd waitready --timeout=3 2>/dev/null; then return; fi
+  bridge_first lxc boshcpi-lxdbr0 10.245.10.1/24
   say "starting lxd"
   setsid nohup lxd --group root --logfile "$LOG_DIR/lxd.log" >"$LOG_DIR/lxd.out" 2>&1 < /dev/null &
   echo $! > "$STATE_DIR/lxd.pid"
@@ -77,6 +105,7 @@ start_lxd() {
 
 start_incus() {
   if [ -S /var/lib/incus/unix.socket ] && timeout 5 incus admin waitready --timeout=3 2>/dev/null; then return; fi
+  bridge_first incus boshcpi-incbr0 10.245.20.1/24
   say "starting incusd"
   setsid nohup /usr/libexec/incus/incusd --group root --logfile "$LOG_DIR/incus.log" \
     >"$LOG_DIR/incus.out" 2>&1 < /dev/null &
@@ -201,6 +230,7 @@ ensure_https() {
     say "$cli: also listening on https://$bridge_addr (the test bridge)"
     $cli config set cluster.https_address "$bridge_addr"
   fi
+  touch "$STATE_DIR/$cli.listens-on-bridge"
 }
 
 ensure_libvirt_pool() {
@@ -241,10 +271,10 @@ XML
 need_root
 case "${1:-all}" in
   packages) install_all ;;
-  daemons) start_lxd; start_incus; start_libvirt ;;
+  daemons) start_lxcfs; start_lxd; start_incus; start_libvirt ;;
   all|*)
     install_all
-    start_lxd; start_incus
+    start_lxcfs; start_lxd; start_incus
     # The bridges first: libvirtd listens on the LXD bridge's address.
     ensure_resources lxc boshcpi-btrfs boshcpi-lxdbr0 10.245.10.1/24
     ensure_resources incus boshcpi-btrfs boshcpi-incbr0 10.245.20.1/24

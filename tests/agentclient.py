@@ -63,8 +63,8 @@ def mbus_cert(tmp: Path, ip: str) -> dict[str, str]:
 
 
 class Agent:
-    def __init__(self, ip: str, password: str, ca: str, user: str = "mbus") -> None:
-        self.url = f"https://{ip}:6868/agent"
+    def __init__(self, ip: str, password: str, ca: str, user: str = "mbus", port: int = 6868) -> None:
+        self.url = f"https://{ip}:{port}/agent"
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.ctx = ssl.create_default_context(cadata=ca)
         self.ctx.check_hostname = False

@@ -63,7 +63,9 @@ def _wait_ready(cluster: Cluster, member: str, timeout: float = 60) -> None:
     subprocess.run([*cmd, f"--timeout={int(timeout)}"], env=cluster.env(member), check=True, capture_output=True)
 
 
-def start(kind: str, members: int = 2) -> Cluster:
+def start(kind: str, members: int = 2, clustered: bool = True) -> Cluster:
+    """`clustered=False` (one member): a standalone daemon on its loopback address, which a test may
+    restart (a clustered one hangs on SIGTERM while it tries to hand its role over to no one)."""
     daemon, _cli, _var, init, addrs = KINDS[kind]
     root = Path(f"/tmp/boshcpi-cl-{uuid.uuid4().hex[:6]}")
     root.mkdir(mode=0o700)
@@ -88,7 +90,7 @@ def start(kind: str, members: int = 2) -> Cluster:
             _wait_ready(cluster, name)
         preseed = {
             "config": {"core.https_address": f"{addrs[0]}:8443"},
-            "cluster": {"server_name": "m1", "enabled": True},
+            **({"cluster": {"server_name": "m1", "enabled": True}} if clustered else {}),
             "storage_pools": [{"name": "local", "driver": "dir"}],
             "profiles": [{"name": "default", "devices": {"root": {"path": "/", "pool": "local", "type": "disk"}}}],
         }

@@ -593,7 +593,15 @@ class LXDCloud(Cloud):
                 settingsio.forget_go_filestore(self.host, vm_cid)
 
     def reboot_vm(self, vm_cid: str) -> None:
-        self.instance(vm_cid, "reboot_vm")
+        inst, _ = self.instance(vm_cid, "reboot_vm")
+        if inst.get("type") == "container" and inst.get("status") == "Running":
+            from boshcpi.drivers.lxd import settingsio
+
+            # A container made by an older boshcpi gets its boot hook now; the reboot goes on without.
+            try:
+                settingsio.write_boot_hook(self.host, vm_cid)
+            except LXDError as e:
+                log.warn(f"reboot_vm: cannot write the boot hook into {vm_cid}: {e.message}")
         with mapped("reboot_vm", not_found=VMNotFound(f"reboot_vm: VM {vm_cid} not found")):
             self.host.change_state(vm_cid, "restart")
 

@@ -233,6 +233,11 @@ def _attach(host: LXDHost, vm_cid: str, disk_cid: str) -> Any:
         if settings is None:
             with mapped("attach_disk"):
                 settings = settingsio.read(host, vm_cid, inst)
+        if not is_vm:
+            # At its next boot the container mounts this disk on /var/vcap/store before its agent
+            # starts (rewritten here for containers made before boshcpi wrote it at create_vm).
+            with mapped("attach_disk: write the boot hook"):
+                settingsio.write_boot_hook(host, vm_cid)
     except BaseException:
         host.finish(op, vm_cid, "attach_disk")
         _undo_attach(host, vm_cid, device)
@@ -416,6 +421,10 @@ def _detach(host: LXDHost, vm_cid: str, disk_cid: str) -> None:
 
 def attached(host: LXDHost, vm_cid: str) -> list[str]:
     inst, _ = host.owned_instance(vm_cid, "get_disks")
+    return attached_to(inst)
+
+
+def attached_to(inst: dict[str, Any]) -> list[str]:
     return sorted(
         str(dev["source"])
         for dev in (inst.get("devices") or {}).values()

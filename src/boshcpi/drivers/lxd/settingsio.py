@@ -182,12 +182,30 @@ def _location(inst: dict[str, Any]) -> str:
 
 
 def write_container_file(host: LXDHost, vm_cid: str, settings: dict[str, Any], attempts: int = 4) -> None:
-    path = agent_settings.CONTAINER_SETTINGS_PATH
-    data = agent_settings.dumps(settings)
+    _push(host, vm_cid, agent_settings.CONTAINER_SETTINGS_PATH, agent_settings.dumps(settings), 0o600, attempts)
+
+
+def write_boot_hook(host: LXDHost, vm_cid: str, attempts: int = 4) -> None:
+    """The container's boot hook, run before its agent starts (boshcpi.agent.containerboot): the
+    persistent disk back on /var/vcap/store, and no lxcfs /proc/uptime for monit. Only where systemd's
+    unit folder exists: a stemcell without systemd keeps the agent's own behaviour. Raises LXDError."""
+    from boshcpi.agent import containerboot
+
+    try:
+        host.client.make_dir(vm_cid, containerboot.AGENT_UNIT_DROPIN_DIR)
+    except LXDError as e:
+        if e.status not in (404, 500) or "forkfile" in e.message or e.unreachable:
+            raise
+        log.warn(f"{vm_cid} has no /etc/systemd/system: no boot hook (persistent disk remount, uptime)")
+        return
+    _push(host, vm_cid, containerboot.DROPIN_PATH, containerboot.DROPIN.encode(), 0o644, attempts)
+
+
+def _push(host: LXDHost, vm_cid: str, path: str, data: bytes, mode: int, attempts: int) -> None:
     for attempt in range(1, attempts + 1):
         try:
             try:
-                host.client.push_file(vm_cid, path, data, mode=0o600)
+                host.client.push_file(vm_cid, path, data, mode=mode)
                 return
             except LXDError as e:
                 # Stemcells have /var/vcap/bosh; a bare root filesystem may not.
@@ -197,13 +215,13 @@ def write_container_file(host: LXDHost, vm_cid: str, settings: dict[str, Any], a
             for part in os.path.dirname(path).strip("/").split("/"):
                 parent += "/" + part
                 host.client.make_dir(vm_cid, parent)
-            host.client.push_file(vm_cid, path, data, mode=0o600)
+            host.client.push_file(vm_cid, path, data, mode=mode)
             return
         except LXDError as e:
             transient = "forkfile" in e.message or e.unreachable
             if not transient or attempt == attempts:
                 raise
-            log.warn(f"write agent settings: {e.message}; retrying")
+            log.warn(f"write {path}: {e.message}; retrying")
             import time
 
             time.sleep(0.25 * attempt)
@@ -219,6 +237,7 @@ def settings_then_start(host: LXDHost, vm_cid: str, settings: dict[str, Any], st
     try:
         fail_point("forkfile", lambda: LXDError(500, "injected: dial unix forkfile.sock: no such file or directory"))
         write_container_file(host, vm_cid, settings, attempts=1)
+        write_boot_hook(host, vm_cid, attempts=1)
     except LXDError as e:
         if "forkfile" not in e.message:
             raise to_bosh(e, "write agent settings") from None
@@ -226,6 +245,7 @@ def settings_then_start(host: LXDHost, vm_cid: str, settings: dict[str, Any], st
         start(vm_cid)
         try:
             write_container_file(host, vm_cid, settings)
+            write_boot_hook(host, vm_cid)
         except LXDError as e2:
             raise to_bosh(e2, "write agent settings") from None
         with mapped("restart after writing settings"):
