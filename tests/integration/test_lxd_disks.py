@@ -4,6 +4,7 @@ snapshots, settings rewrites, and the error paths."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -28,8 +29,8 @@ def settings_of(ctx, vm_cid: str) -> dict:
     return json.loads(ctx.cli_run("exec", vm_cid, "--", "cat", "/var/vcap/bosh/warden-cpi-agent-env.json"))
 
 
-def sh(ctx, vm_cid: str, script: str) -> str:
-    return ctx.cli_run("exec", vm_cid, "--", "sh", "-c", script)
+def sh(ctx, vm_cid: str, script: str, check: bool = True) -> str:
+    return ctx.cli_run("exec", vm_cid, "--", "sh", "-c", script, check=check)
 
 
 def test_persistent_disk_lifecycle_across_two_vms(daemon, two_vms):
@@ -69,11 +70,11 @@ def test_persistent_disk_lifecycle_across_two_vms(daemon, two_vms):
     assert settings_of(ctx, vm1)["disks"]["persistent"] == {}
     assert disk in ctx.volumes()
 
-    # Resize natively (grow), refuse shrink.
+    # Resize natively, both ways (a container's disk size is a quota: it shrinks while its data fits).
     assert ctx.call("resize_disk", disk, 128).ok() is None
     assert ctx.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")["config"]["size"] == "128MiB"
-    # A smaller size: NotSupported, which makes the director copy (cloudfoundry/bosh disk_manager.rb).
-    assert ctx.call("resize_disk", disk, 32).error_type == "Bosh::Clouds::NotSupported"
+    assert ctx.call("resize_disk", disk, 96).ok() is None
+    assert ctx.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")["config"]["size"] == "96MiB"
 
     # Attach to the second VM: the data is still there and the new size is visible inside.
     hint2 = ctx.call("attach_disk", vm2, disk).ok()
@@ -120,6 +121,21 @@ def test_resize_is_seen_inside_the_container(daemon, two_vms):
     sh(ctx, vm1, f"dd if=/dev/zero of={hint}/big bs=1M count=100 2>/dev/null && sync")
     size = int(sh(ctx, vm1, f"stat -c %s {hint}/big").strip())
     assert size == 100 * 1024 * 1024
+    # Shrinking below the data: NotSupported (the director would copy), and the disk is unchanged.
+    resp = ctx.call("resize_disk", disk, 64)
+    assert resp.error_type == "Bosh::Clouds::NotSupported" and "would not fit" in resp.error["message"]
+    vol = f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}"
+    assert ctx.api(vol)["config"]["size"] == "128MiB"
+    assert int(sh(ctx, vm1, f"stat -c %s {hint}/big").strip()) == 100 * 1024 * 1024
+    # Once the data fits, it shrinks in place, and the smaller quota holds inside the container.
+    sh(ctx, vm1, f"rm -f {hint}/big && sync")
+    deadline = time.monotonic() + 30
+    while (resp := ctx.call("resize_disk", disk, 32)).error and time.monotonic() < deadline:
+        time.sleep(1)  # btrfs accounts the freed space at its next commit
+    assert resp.ok() is None
+    assert ctx.api(vol)["config"]["size"] == "32MiB"
+    sh(ctx, vm1, f"dd if=/dev/zero of={hint}/big bs=1M count=40 2>/dev/null; sync", check=False)
+    assert int(sh(ctx, vm1, f"stat -c %s {hint}/big").strip()) < 40 * 1024 * 1024
     ctx.call("detach_disk", vm1, disk).ok()
     ctx.call("delete_disk", disk).ok()
 
@@ -183,9 +199,10 @@ def test_concurrent_resize_and_metadata_never_write_an_old_size_back(daemon):
             cfg = daemon.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")["config"]
             assert cfg["size"] == f"{size}MiB", round_
             assert all(cfg[f"user.bosh.tag{round_}{i}"] == "v" for i in range(3))
-        # A resize that lost the race to a bigger one is judged against what it finds: no shrink.
-        resp = daemon.call("resize_disk", disk, size - 8)
-        assert resp.error_type == "Bosh::Clouds::NotSupported"
+        # A smaller size after all that: the empty disk shrinks in place (its data fits).
+        daemon.call("resize_disk", disk, size - 8).ok()
+        cfg = daemon.api(f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}")["config"]
+        assert cfg["size"] == f"{size - 8}MiB"
     finally:
         daemon.call("delete_disk", disk)
 

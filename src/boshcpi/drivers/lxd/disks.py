@@ -465,9 +465,7 @@ def resize(host: LXDHost, disk_cid: str, new_size_mb: int) -> None:
             current = _size_mb((current_vol.get("config") or {}).get("size", "0"))
             sizes.append(current)
             if new_size_mb < current:
-                # The director then makes a new disk and copies (cloudfoundry/bosh disk_manager.rb
-                # rescues NotImplemented and NotSupported).
-                raise NotSupported(f"resize_disk: cannot shrink {disk_cid} from {current} MiB to {new_size_mb} MiB")
+                _check_shrink(host, pool, disk_cid, current_vol, current, new_size_mb)
             return new_size_mb != current
 
         if _size_mb((vol.get("config") or {}).get("size", "0")) < new_size_mb:
@@ -478,6 +476,26 @@ def resize(host: LXDHost, disk_cid: str, new_size_mb: int) -> None:
             log.info(f"disk {disk_cid} is already {new_size_mb} MiB")
             return
     log.info(f"resized {disk_cid} from {sizes[-1]} to {new_size_mb} MiB")
+
+
+def _check_shrink(host: LXDHost, pool: str, disk_cid: str, vol: dict[str, Any], current: int, new_size_mb: int) -> None:
+    """A container's disk (a filesystem volume: its size is a quota) shrinks in place when its data
+    fits. Anything else answers NotSupported, and the director makes a new disk and has the agent copy
+    (cloudfoundry/bosh disk_manager.rb rescues NotImplemented and NotSupported): a copy that a
+    container's agent cannot finish (README, "Containers: what a disk change can do")."""
+    what = f"resize_disk: cannot shrink {disk_cid} from {current} MiB to {new_size_mb} MiB"
+    if vol.get("content_type") != "filesystem":
+        raise NotSupported(what + " (a block volume never shrinks)")
+    try:
+        state = host.client.get(volume_path(pool, naming.disk_volume(disk_cid)) + "/state") or {}
+    except LXDError as e:
+        raise NotSupported(f"{what}: the daemon cannot tell how much of it is used ({e.message})") from None
+    usage = state.get("usage")
+    if not isinstance(usage, dict):
+        raise NotSupported(f"{what}: the daemon does not report how much of it is used")
+    used = int(usage.get("used") or 0)  # the daemon leaves out a zero (omitempty)
+    if used > new_size_mb << 20:
+        raise NotSupported(f"{what}: {used >> 20} MiB of data would not fit")
 
 
 def update(host: LXDHost, disk_cid: str, new_size_mb: int, props: dict[str, Any]) -> str:
