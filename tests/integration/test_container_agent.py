@@ -290,10 +290,11 @@ def _wait_gone(pid: int, timeout: float = 90) -> None:
 def test_the_store_and_the_jobs_come_back_after_every_kind_of_restart(private):
     daemon, config, tmp, stemcell = private
     g = Guest(daemon, config, tmp)
-    disk = ""
+    disks: list[str] = []
     try:
         g.create(stemcell)
         disk = g.call("create_disk", 256, {}, g.vm).ok()
+        disks.append(disk)
         hint = g.call("attach_disk", g.vm, disk).ok()
         assert hint == f"/warden-cpi-dev/{disk}"
         g.agent.call("mount_disk", disk)
@@ -321,8 +322,23 @@ def test_the_store_and_the_jobs_come_back_after_every_kind_of_restart(private):
             assert g.agent.call("list_disk") == [disk], how
             assert {p["name"]: p["state"] for p in state["processes"]} == {JOB: "running"}, how
         check_figures_under_lxcfs(g, state)
+
+        # The director's disk copy (a change of disk cloud properties, or a size resize_disk cannot
+        # reach): a new disk beside the old, mount_disk (onto /var/vcap/store_migration_target), then
+        # migrate_disk. A container's agent cannot finish it: after the copy it remounts the new disk by
+        # the device `mount` shows for it, which the daemon's own mount of the disk shows too
+        # (README, "Containers: what a disk change can do", with the agent's file:line).
+        new = g.call("create_disk", 256, {}, g.vm).ok()
+        disks.append(new)
+        g.call("attach_disk", g.vm, new).ok()
+        g.agent.call("mount_disk", new)
+        with pytest.raises(AgentError, match=r"Remounting new disk on original mountpoint: .* already mounted to"):
+            g.agent.call("migrate_disk")
+        # Nothing is lost: the old disk still holds its data, and the copy reached the new one.
+        assert g.sh(f"cat /warden-cpi-dev/{disk}/token").strip() == token
+        assert g.sh(f"cat /warden-cpi-dev/{new}/token").strip() == token
     finally:
         if g.vm:
             g.call("delete_vm", g.vm)
-        if disk:
-            g.call("delete_disk", disk)
+        for d in disks:
+            g.call("delete_disk", d)
