@@ -32,6 +32,20 @@ SAFE_CONFIG_PREFIXES = ("limits.", "user.", "environment.", "snapshots.", "boot.
 SAFE_DEVICE_TYPES = ("nic", "disk", "tpm")
 
 
+# What `nested_containers` adds to raw.lxc. The device rules in both spellings: LXC applies the
+# v1 `lxc.cgroup.*` keys on hosts with the cgroup v1 devices controller (where the daemon writes
+# its own rules too) and the `lxc.cgroup2.*` keys on cgroup v2 hosts, and ignores the other.
+# `lxc.mount.auto` replaces only the masks it names.
+NESTED_RAW_LXC = (
+    "".join(
+        f"{key}.devices.allow = {rule}\n"
+        for key in ("lxc.cgroup", "lxc.cgroup2")
+        for rule in ("b 7:* rwm", "c 10:237 rwm")
+    )
+    + "lxc.mount.auto = proc:rw sys:rw\n"
+)
+
+
 class LXDCloud(Cloud):
     stemcell_formats = STEMCELL_FORMATS
 
@@ -197,6 +211,11 @@ class LXDCloud(Cloud):
             config.update({"security.privileged": "true", "security.nesting": "true"})
         extra = spec.cloud_properties.get("config") or {}  # checked by _check_raw
         config.update({str(k): as_str(v) for k, v in extra.items()})
+        nested = spec.cloud_properties.get("nested_containers", False)
+        if not isinstance(nested, bool):
+            raise CpiError(f"cloud_properties.nested_containers: expected true or false, not {nested!r}")
+        if nested:
+            self._nested_containers(config, is_vm)
         config.update(
             {
                 META + "kind": "vm",
@@ -209,6 +228,29 @@ class LXDCloud(Cloud):
             }
         )
         return config
+
+    def _nested_containers(self, config: dict[str, str], is_vm: bool) -> None:
+        """cloud_properties `nested_containers: true`: what a container runtime inside the container
+        needs (garden-runc on a diego-cell, runc, containerd). On top of privileged + nesting:
+        - loop devices (b 7:*, c 10:237) in the container's device cgroup: grootfs keeps its image
+          store on an XFS file it loop-mounts (grootfs store/filesystems/overlayxfs/driver.go);
+        - no default seccomp deny list: its `reject_force_umount` answers EACCES to `umount -f`,
+          which util-linux prints as "block devices are not permitted on filesystem", the error
+          diego's rep stops on (diego-release jobs/rep/templates/setup_mounted_data_dirs.erb);
+        - a writable /proc/sys and /sys (`proc:rw sys:rw`): garden's start script writes kernel
+          sysctls under `set -e` (greenskeeper system-preparation). These are the host's own.
+        A privileged container is root on the host already; this adds nothing an operator who runs
+        them has not granted, and is refused for VMs and unprivileged containers."""
+        if is_vm:
+            raise CpiError("cloud_properties.nested_containers: only for containers (warden-style stemcells)")
+        if not self.cfg.server.container_privileged:
+            raise CpiError(
+                "cloud_properties.nested_containers: needs privileged containers (server.container_privileged: true)"
+            )
+        config["security.nesting"] = "true"
+        config["security.syscalls.deny_default"] = "false"
+        raw = config.get("raw.lxc", "")
+        config["raw.lxc"] = (raw + "\n" if raw and not raw.endswith("\n") else raw) + NESTED_RAW_LXC
 
     def _check_raw(self, props: dict[str, Any]) -> None:
         """Raw instance config and devices from a cloud-config reach the host only where the operator
