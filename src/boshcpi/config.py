@@ -151,6 +151,7 @@ ServerConfig = _section(
         "bios_path": ("str", "", None),
         "operation_timeout": ("duration", "10m", None),
         "container_privileged": ("bool", True, None),
+        "nested_containers": ("bool", False, None),
         "allow_raw_devices": ("bool", False, None),
         "allow_raw_config": ("bool", False, None),
         "max_stemcell_image": ("size", "100GiB", None),

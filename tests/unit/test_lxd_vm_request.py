@@ -397,3 +397,16 @@ def test_predeploy_makes_throwaways_of_the_images_type_on_online_members_only():
     assert body["type"] == "virtual-machine" and body["source"] == {"type": "image", "fingerprint": "f" * 64}
     assert body["config"]["user.bosh.kind"] == "predeploy" and body["config"]["user.bosh.created_by"] == "boshcpi"
     assert [p for m, p, b in d.sent if m == "DELETE"] == [f"/1.0/instances/{body['name']}"]
+
+
+def test_nested_containers_is_for_containers_only():
+    # The server default (the container ops file) leaves VMs alone...
+    cloud = make("CDROM", "ubuntu-jammy", nested_containers=True)
+    cloud.create_vm(spec())
+    inst = next(body for method, path, body in cloud.host.client.sent if path == "/1.0/instances")
+    assert "raw.lxc" not in inst["config"] and "security.syscalls.deny_default" not in inst["config"]
+    # ...and a VM type that asks for it on a VM is told why not, before anything is made.
+    cloud = make("CDROM", "ubuntu-jammy")
+    with pytest.raises(CpiError, match="only for containers"):
+        cloud.create_vm(spec({"nested_containers": True}))
+    assert not [p for m, p, b in cloud.host.client.sent if m in ("POST", "PUT")]

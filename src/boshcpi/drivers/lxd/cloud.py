@@ -211,10 +211,10 @@ class LXDCloud(Cloud):
             config.update({"security.privileged": "true", "security.nesting": "true"})
         extra = spec.cloud_properties.get("config") or {}  # checked by _check_raw
         config.update({str(k): as_str(v) for k, v in extra.items()})
-        nested = spec.cloud_properties.get("nested_containers", False)
-        if not isinstance(nested, bool):
+        nested = spec.cloud_properties.get("nested_containers")
+        if nested is not None and not isinstance(nested, bool):
             raise CpiError(f"cloud_properties.nested_containers: expected true or false, not {nested!r}")
-        if nested:
+        if nested or (nested is None and not is_vm and self.cfg.server.nested_containers):
             self._nested_containers(config, is_vm)
         config.update(
             {
