@@ -482,7 +482,7 @@ def _check_shrink(host: LXDHost, pool: str, disk_cid: str, vol: dict[str, Any], 
     """A container's disk (a filesystem volume: its size is a quota) shrinks in place when its data
     fits. Anything else answers NotSupported, and the director makes a new disk and has the agent copy
     (cloudfoundry/bosh disk_manager.rb rescues NotImplemented and NotSupported): a copy that a
-    container's agent cannot finish (README, "Containers: what a disk change can do")."""
+    container's agent cannot finish (README, "Containers: reboots, lxcfs, disk changes, nested containers")."""
     what = f"resize_disk: cannot shrink {disk_cid} from {current} MiB to {new_size_mb} MiB"
     if vol.get("content_type") != "filesystem":
         raise NotSupported(what + " (a block volume never shrinks)")
