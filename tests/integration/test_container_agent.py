@@ -327,7 +327,7 @@ def test_the_store_and_the_jobs_come_back_after_every_kind_of_restart(private):
         # reach): a new disk beside the old, mount_disk (onto /var/vcap/store_migration_target), then
         # migrate_disk. A container's agent cannot finish it: after the copy it remounts the new disk by
         # the device `mount` shows for it, which the daemon's own mount of the disk shows too
-        # (README, "Containers: what a disk change can do", with the agent's file:line).
+        # (README "Containers: reboots, lxcfs, disk changes, nested containers", with the agent's file:line).
         new = g.call("create_disk", 256, {}, g.vm).ok()
         disks.append(new)
         g.call("attach_disk", g.vm, new).ok()
