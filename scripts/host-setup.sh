@@ -72,6 +72,12 @@ pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # look for /var/lib/lxcfs when they start a container.
 start_lxcfs() {
   if mountpoint -q /var/lib/lxcfs; then return; fi
+  # An lxcfs that died (killed with everything else, as at a session's end) leaves its fuse mount
+  # behind, and every stat of it fails with "Transport endpoint is not connected": detach it.
+  if ! stat /var/lib/lxcfs >/dev/null 2>&1 && grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts; then
+    say "lxcfs: detaching the mount a dead lxcfs left behind"
+    umount -l /var/lib/lxcfs
+  fi
   say "starting lxcfs"
   mkdir -p /var/lib/lxcfs
   setsid nohup lxcfs /var/lib/lxcfs >"$LOG_DIR/lxcfs.out" 2>&1 < /dev/null &
