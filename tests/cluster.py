@@ -64,8 +64,8 @@ def _wait_ready(cluster: Cluster, member: str, timeout: float = 60) -> None:
 
 
 def start(kind: str, members: int = 2, clustered: bool = True) -> Cluster:
-    """`clustered=False` (one member): a standalone daemon on its loopback address, which a test may
-    restart (a clustered one hangs on SIGTERM while it tries to hand its role over to no one)."""
+    """`clustered=False` (one member): a standalone daemon on its loopback address, as a single
+    host runs it."""
     daemon, _cli, _var, init, addrs = KINDS[kind]
     root = Path(f"/tmp/boshcpi-cl-{uuid.uuid4().hex[:6]}")
     root.mkdir(mode=0o700)
@@ -135,12 +135,24 @@ def _launch(cluster: Cluster, name: str) -> None:
 def kill_member(cluster: Cluster, name: str) -> None:
     """A member's daemon gone at once (power loss, a crash): SIGKILL, by the PID this module started."""
     os.kill(cluster.pids[name], signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    wait_gone(cluster.pids[name], 10)
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """True once a daemon this process started has exited, reaped (it stays a zombie until then,
+    and a zombie still answers kill(pid, 0)); False after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            os.kill(cluster.pids[name], 0)
-        except ProcessLookupError:
-            return
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:  # not our child (or already reaped): gone once kill(0) says so
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
 
 
@@ -172,18 +184,12 @@ def stop(cluster: Cluster) -> None:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             continue
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
+        if not wait_gone(pid, 10):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            wait_gone(pid, 10)
     mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout.split()
     for target in sorted((m for m in mounts if m.startswith(str(cluster.root))), reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True)

@@ -244,11 +244,10 @@ def restart_daemon(d: cl.Cluster, how: str) -> None:
     elif how == "power-loss":
         monitors = _container_monitors(d)
         os.kill(pid, signal.SIGKILL)
-        for mon in monitors:
-            _kill_tree(mon)
+        _all_gone([p for mon in monitors for p in _kill_tree(mon)])
     else:
         os.kill(pid, signal.SIGTERM)
-    _wait_gone(pid)
+    assert cl.wait_gone(pid, 90), f"daemon {pid} still there after 90s"
     cl.restart_member(d, "m1")
 
 
@@ -263,28 +262,28 @@ def _container_monitors(d: cl.Cluster) -> list[int]:
     return out
 
 
-def _kill_tree(pid: int) -> None:
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    os.kill(pid, signal.SIGSTOP)
-    for child in children:
-        _kill_tree(int(child))
+def _kill_tree(pid: int) -> list[int]:
+    """SIGKILL a process and all its descendants, each stopped first so that none forks past us."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return []
+    killed = [pid]
+    for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+        killed += _kill_tree(int(child))
     os.kill(pid, signal.SIGKILL)
+    return killed
 
 
-def _wait_gone(pid: int, timeout: float = 90) -> None:
-    """Until the daemon has exited (this process started it: reap it, or it stays a zombie)."""
+def _all_gone(pids: list[int], timeout: float = 30) -> None:
+    """Until every killed process has been reaped: a daemon that starts while a container's processes
+    are still dying sees it running, and the container boots once more after the test looked."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"daemon {pid} still there after {timeout}s")
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if Path(f"/proc/{p}").exists()]
+        time.sleep(0.1)
+    assert not left, f"processes {left} outlived SIGKILL by {timeout}s"
 
 
 def test_the_store_and_the_jobs_come_back_after_every_kind_of_restart(private):
@@ -321,7 +320,13 @@ def test_the_store_and_the_jobs_come_back_after_every_kind_of_restart(private):
             assert g.sh("mountpoint -q /var/vcap/store && cat /var/vcap/store/token").strip() == token, how
             assert g.agent.call("list_disk") == [disk], how
             assert {p["name"]: p["state"] for p in state["processes"]} == {JOB: "running"}, how
-        check_figures_under_lxcfs(g, state)
+        booted = g.init_pid()
+        try:
+            check_figures_under_lxcfs(g, state)
+        except AssertionError as e:
+            now = g.init_pid()
+            raise AssertionError(f"{e}\n(container init pid {booted} when the check began, {now} now)") from None
+        assert g.init_pid() == booted, "the container rebooted while the test looked"
 
         # The director's disk copy (a change of disk cloud properties, or a size resize_disk cannot
         # reach): a new disk beside the old, mount_disk (onto /var/vcap/store_migration_target), then
