@@ -172,6 +172,23 @@ def _lxd_context(kind: str, tmp_path_factory: pytest.TempPathFactory):
         _project_teardown(d["cli"], project)
 
 
+def extra_pool(ctx: LXDContext, tag: str):
+    """A second storage pool (btrfs on a 1 GiB loop file) named with this run's prefix; on teardown
+    this project's volumes in it (snapshots first) and then the pool go."""
+    name = f"{ctx.project}-{tag}"
+    subprocess.run([ctx.cli, "storage", "create", name, "btrfs", "size=1GiB"], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        vols = ctx.api(f"/1.0/storage-pools/{name}/volumes/custom?recursion=1", missing_ok=True) or []
+        for vol in sorted(vols, key=lambda v: "/" not in v["name"]):
+            subprocess.run(
+                [ctx.cli, "--project", ctx.project, "storage", "volume", "delete", name, vol["name"]],
+                capture_output=True,
+            )
+        subprocess.run([ctx.cli, "storage", "delete", name], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def lxd(tmp_path_factory):
     yield from _lxd_context("lxd", tmp_path_factory)

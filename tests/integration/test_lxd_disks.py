@@ -9,6 +9,7 @@ import time
 import pytest
 
 from boshcpi.dev import stemcells
+from tests.conftest import extra_pool
 from tests.integration.test_lxd_containers import network
 
 pytestmark = pytest.mark.lxd
@@ -23,6 +24,11 @@ def two_vms(daemon, test_stemcells):
     for vm in vms:
         daemon.call("delete_vm", vm)
     daemon.call("delete_stemcell", sc)
+
+
+@pytest.fixture(scope="module")
+def second_pool(daemon):
+    yield from extra_pool(daemon, "p2")
 
 
 def settings_of(ctx, vm_cid: str) -> dict:
@@ -140,6 +146,64 @@ def test_resize_is_seen_inside_the_container(daemon, two_vms):
     ctx.call("delete_disk", disk).ok()
 
 
+def test_update_disk_moves_a_detached_disk_to_another_pool(daemon, two_vms, second_pool):
+    """The director's native update (`enable_cpi_update_disk`) of a disk type whose pool differs: the
+    same cid, its data and snapshots, in the new pool at the new size, and nothing left in the old.
+    In a container this is the only way to change a disk's type (the agent's copy cannot work there)."""
+    ctx = daemon
+    vm1, _ = two_vms
+    disk = ctx.call("create_disk", 64, {}, vm1).ok()
+    hint = ctx.call("attach_disk", vm1, disk).ok()
+    sh(ctx, vm1, f"dd if=/dev/urandom of={hint}/data bs=1M count=8 2>/dev/null; md5sum <{hint}/data >{hint}/sum; sync")
+    snap = ctx.call("snapshot_disk", disk, {"deployment": "d"}).ok()
+    # With a snapshot, btrfs reports as used only what the snapshot does not share: a disk with
+    # snapshots does not shrink (a refused btrfs shrink leaves the smaller quota: no write would
+    # work again), and it keeps taking writes.
+    resp = ctx.call("resize_disk", disk, 16)
+    assert resp.error_type == "Bosh::Clouds::NotSupported" and "snapshot" in resp.error["message"], resp.error
+    sh(ctx, vm1, f"dd if=/dev/zero of={hint}/more bs=1M count=20 2>&1 && rm {hint}/more && sync")
+    old_vol = f"/1.0/storage-pools/boshcpi-btrfs/volumes/custom/{disk}"
+    new_vol = f"/1.0/storage-pools/{second_pool}/volumes/custom/{disk}"
+
+    # Attached: refused (the director detaches first), nothing moves.
+    resp = ctx.call("update_disk", disk, 64, {"pool": second_pool})
+    assert resp.error_type == "Bosh::Clouds::CloudError" and vm1 in resp.error["message"]
+    ctx.call("detach_disk", vm1, disk).ok()
+    # A pool that does not exist: the caller's mistake, said before anything moves.
+    resp = ctx.call("update_disk", disk, 64, {"pool": f"{second_pool}-none"})
+    assert resp.error_type == "Bosh::Clouds::CpiError" and "does not exist" in resp.error["message"], resp.error
+    # A smaller size while the disk has a snapshot (btrfs then reports less in use than its quota
+    # counts): NotSupported (the director falls back), before anything moves, and the disk still
+    # takes writes (a refused btrfs shrink would have left its quota at 4 MiB).
+    resp = ctx.call("update_disk", disk, 4, {"pool": second_pool})
+    assert resp.error_type == "Bosh::Clouds::NotSupported" and "snapshot" in resp.error["message"], resp.error
+    assert ctx.api(new_vol, missing_ok=True) is None
+    assert ctx.api(old_vol)["config"]["size"] == "64MiB"
+    assert not [k for k in ctx.api(old_vol)["config"] if "mov" in k]
+
+    assert ctx.call("update_disk", disk, 96, {"pool": second_pool}).ok() == disk
+    assert ctx.api(old_vol, missing_ok=True) is None
+    moved = ctx.api(new_vol)
+    assert moved["config"]["size"] == "96MiB" and moved["config"]["user.bosh.kind"] == "persistent"
+    assert not [k for k in moved["config"] if "mov" in k]
+    assert [s.rsplit("/", 1)[-1] for s in ctx.api(f"{new_vol}/snapshots")] == [snap.split("@", 1)[1]]
+    assert ctx.call("has_disk", disk).ok() is True
+    # The director attaches it again: the same hint, the device in the new pool, the data whole.
+    assert ctx.call("attach_disk", vm1, disk).ok() == hint
+    inst = ctx.api(f"/1.0/instances/{vm1}")
+    assert [d["pool"] for d in inst["devices"].values() if d.get("source") == disk] == [second_pool]
+    assert sh(ctx, vm1, f"md5sum < {hint}/data").strip() == sh(ctx, vm1, f"cat {hint}/sum").strip()
+    sh(ctx, vm1, f"dd if=/dev/zero of={hint}/more bs=1M count=20 2>&1 && rm {hint}/more && sync")
+    ctx.call("detach_disk", vm1, disk).ok()
+    # The same update again (the director's retry) changes nothing.
+    assert ctx.call("update_disk", disk, 96, {"pool": second_pool}).ok() == disk
+    assert ctx.api(new_vol)["config"]["size"] == "96MiB"
+    assert ctx.call("delete_snapshot", snap).ok() is None
+    assert ctx.api(f"{new_vol}/snapshots") == []
+    assert ctx.call("delete_disk", disk).ok() is None
+    assert ctx.api(new_vol, missing_ok=True) is None
+
+
 def test_delete_vm_keeps_attached_persistent_disk(daemon, test_stemcells):
     ctx = daemon
     d = test_stemcells["warden"]
@@ -175,6 +239,8 @@ def test_disk_error_paths(daemon, two_vms):
     assert ctx.call("update_disk", disk, 64, {"type": "block"}).error_type == "Bosh::Clouds::NotImplemented"
     assert ctx.call("update_disk", ghost_disk, 64, {}).error_type == "Bosh::Clouds::DiskNotFound"
     assert ctx.call("create_disk", 32, {"type": "tape"}, None).error_type == "Bosh::Clouds::CpiError"
+    resp = ctx.call("create_disk", 32, {"pool": "boshcpi-no-such-pool"}, None)
+    assert resp.error_type == "Bosh::Clouds::CpiError" and "does not exist" in resp.error["message"]
     assert ctx.call("has_disk", disk).ok() is True
     ctx.call("delete_disk", disk).ok()
 

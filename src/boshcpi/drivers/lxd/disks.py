@@ -54,15 +54,23 @@ def find(host: LXDHost, disk_cid: str) -> tuple[str, dict[str, Any]] | None:
         settle_move(host, host.pool, disk_cid)
         vol = host.find_volume(naming.disk_volume(disk_cid))
     if vol is not None:
-        return (host.pool, vol) if _owned(disk_cid, vol) else None
+        return _settled(host, host.pool, disk_cid, vol)
     for url in host.client.get("/1.0/storage-pools", project=False) or []:
         pool = url.rsplit("/", 1)[-1]
         if pool == host.pool:
             continue
         vol = host.find_volume(naming.disk_volume(disk_cid), pool)
         if vol is not None:
-            return (pool, vol) if _owned(disk_cid, vol) else None
+            return _settled(host, pool, disk_cid, vol)
     return None
+
+
+def _settled(host: LXDHost, pool: str, disk_cid: str, vol: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    if not _owned(disk_cid, vol):
+        return None
+    if _move_ends(pool, vol):
+        return settle_pool_move(host, pool, disk_cid, vol)
+    return pool, vol
 
 
 def _require(host: LXDHost, disk_cid: str, action: str) -> tuple[str, dict[str, Any]]:
@@ -75,16 +83,28 @@ def _require(host: LXDHost, disk_cid: str, action: str) -> tuple[str, dict[str, 
 def check_space(host: LXDHost, pool: str, size_mb: int, what: str) -> None:
     """A disk bigger than its whole pool can never be written: the caller's mistake, said before any
     volume exists. (Thin pools may promise more than is free; that stays the daemon's call.)"""
+    path = f"/1.0/storage-pools/{quote(pool, '')}"
     try:
-        res = host.client.get(f"/1.0/storage-pools/{quote(pool, '')}/resources", project=False) or {}
+        res = host.client.get(path + "/resources", project=False) or {}
     except LXDError as e:
-        if e.not_found:
+        # A missing pool's resources are an HTTP 500 "Storage pool not found" (LXD 5.0): ask the pool.
+        if e.not_found or not _pool_exists(host, path):
             raise CpiError(f"{what}: storage pool {pool!r} does not exist") from None
         log.debug(f"cannot read pool resources: {e.message}")
         return
     total = ((res.get("space") or {}).get("total") or 0) >> 20
     if total and size_mb > total:
         raise CpiError(f"{what}: {size_mb} MiB does not fit in storage pool {pool} ({total} MiB in all)")
+
+
+def _pool_exists(host: LXDHost, path: str) -> bool:
+    try:
+        host.client.get(path, project=False)
+    except LXDError as e:
+        if e.not_found:
+            return False
+        raise
+    return True
 
 
 def create(host: LXDHost, spec: DiskSpec) -> str:
@@ -471,43 +491,206 @@ def resize(host: LXDHost, disk_cid: str, new_size_mb: int) -> None:
         if _size_mb((vol.get("config") or {}).get("size", "0")) < new_size_mb:
             check_space(host, pool, new_size_mb, "resize_disk: new_size")
         with host.lock(disk_cid, "resize_disk"):
-            changed = _mark(host, pool, disk_cid, vol, {"size": f"{new_size_mb}MiB"}, grows)
+            try:
+                changed = _mark(host, pool, disk_cid, vol, {"size": f"{new_size_mb}MiB"}, grows)
+            except LXDError as e:
+                if not sizes or new_size_mb >= sizes[-1]:
+                    raise
+                # Data written since the check (see _check_shrink): the daemon refused, and on btrfs
+                # it may have left the smaller limit in place. The data is still readable.
+                log.warn(f"resize_disk: the daemon refused to shrink {disk_cid}; its quota may now be lower")
+                raise NotSupported(
+                    f"resize_disk: cannot shrink {disk_cid} from {sizes[-1]} MiB to {new_size_mb} MiB: its data "
+                    f"would not fit ({e.message})"
+                ) from None
         if not changed:
             log.info(f"disk {disk_cid} is already {new_size_mb} MiB")
             return
     log.info(f"resized {disk_cid} from {sizes[-1]} to {new_size_mb} MiB")
 
 
+SHRINK_ROOM_MIB = 8  # at least this much room (or 5%) left after a shrink
+
+
 def _check_shrink(host: LXDHost, pool: str, disk_cid: str, vol: dict[str, Any], current: int, new_size_mb: int) -> None:
     """A container's disk (a filesystem volume: its size is a quota) shrinks in place when its data
     fits. Anything else answers NotSupported, and the director makes a new disk and has the agent copy
     (cloudfoundry/bosh disk_manager.rb rescues NotImplemented and NotSupported): a copy that a
-    container's agent cannot finish (README, "Containers: reboots, lxcfs, disk changes, nested containers")."""
+    container's agent cannot finish (README, "Containers: reboots, lxcfs, disk changes, nested containers").
+
+    The daemon must never be asked for a quota the data exceeds: on btrfs LXD 5.0 and Incus 6.0 set
+    the smaller limit, then fail on their next step and leave it, and from then on every write to the
+    disk fails with EDQUOT, a new size included (seen here). So the data must fit with room to spare
+    (btrfs counts recent writes at its next commit), and a disk with snapshots does not shrink (btrfs
+    reports as used only what the snapshots do not share, far less than the quota counts)."""
     what = f"resize_disk: cannot shrink {disk_cid} from {current} MiB to {new_size_mb} MiB"
     if vol.get("content_type") != "filesystem":
         raise NotSupported(what + " (a block volume never shrinks)")
+    path = volume_path(pool, naming.disk_volume(disk_cid))
     try:
-        state = host.client.get(volume_path(pool, naming.disk_volume(disk_cid)) + "/state") or {}
+        snapshots = host.client.get(path + "/snapshots") or []
+        state = host.client.get(path + "/state") or {}
     except LXDError as e:
         raise NotSupported(f"{what}: the daemon cannot tell how much of it is used ({e.message})") from None
+    if snapshots:
+        raise NotSupported(f"{what}: it has {len(snapshots)} snapshot(s), so how much of it is used is unknown")
     usage = state.get("usage")
     if not isinstance(usage, dict):
         raise NotSupported(f"{what}: the daemon does not report how much of it is used")
     used = int(usage.get("used") or 0)  # the daemon leaves out a zero (omitempty)
-    if used > new_size_mb << 20:
-        raise NotSupported(f"{what}: {used >> 20} MiB of data would not fit")
+    room = max(SHRINK_ROOM_MIB, new_size_mb // 20)
+    if (used >> 20) + room > new_size_mb:
+        raise NotSupported(f"{what}: {used >> 20} MiB of data (and {room} MiB to spare) would not fit")
 
 
 def update(host: LXDHost, disk_cid: str, new_size_mb: int, props: dict[str, Any]) -> str:
-    """A size change in place (same cid); a change of pool or type is a copy the director makes."""
+    """The director's native disk update (cloudfoundry/bosh `disk_manager.rb` update_disk_cpi and
+    update_detached_disks, with `enable_cpi_update_disk`): the disk is detached. A new pool is a copy
+    the daemon makes into that pool, the same cid, snapshots and all; then the size changes in place.
+    A change of type (filesystem/block) answers NotImplemented, and the director copies."""
     with mapped("update_disk"):
         pool, vol = _require(host, disk_cid, "update_disk")
     wanted_pool = props.get("pool") or pool
+    if not isinstance(wanted_pool, str) or "/" in wanted_pool:
+        raise CpiError(f"update_disk: cloud_properties.pool must be a storage pool name, got {wanted_pool!r}")
     wanted_type = props.get("type") or vol.get("content_type")
-    if wanted_pool != pool or wanted_type != vol.get("content_type"):
-        raise NotImplementedByCpi("update_disk: moving a disk to another pool or type is done by the director")
+    if wanted_type not in ("filesystem", "block"):
+        raise CpiError(f"update_disk: cloud_properties.type must be filesystem or block, got {wanted_type!r}")
+    if wanted_type != vol.get("content_type"):
+        raise NotImplementedByCpi(
+            f"update_disk: {disk_cid} is a {vol.get('content_type')} volume and cannot become a {wanted_type} one "
+            "in place; the director copies"
+        )
+    if wanted_pool != pool:
+        if new_size_mb < _size_mb((vol.get("config") or {}).get("size", "0")):
+            resize(host, disk_cid, new_size_mb)  # in place first: if the data does not fit, nothing moved
+        with mapped("update_disk"):
+            _move_to_pool(host, disk_cid, vol, wanted_pool, new_size_mb)
     resize(host, disk_cid, new_size_mb)
     return disk_cid
+
+
+MOVING_TO_POOL = META + "moving-to-pool"  # on a disk being copied into another pool: that pool
+MOVING_FROM_POOL = META + "moving-from-pool"  # on that copy until the source is gone: the pool it left
+MOVE_MARKS = (MOVING_FROM, MOVE_COPIED, MOVING_TO_POOL, MOVING_FROM_POOL)
+MOVE_MIB_PER_S = 10  # the slowest copy a pool move's lock allows for before another call may take it
+
+
+def _move_to_pool(host: LXDHost, disk_cid: str, vol: dict[str, Any], dst: str, new_size_mb: int) -> None:
+    """Move a detached disk to pool `dst`: mark the source with where it goes, copy it (the copy marked
+    with where it comes from, then whole), delete the source, clear the marks. A call killed anywhere
+    leaves marks that `settle_pool_move` finishes or undoes the next time anything looks for the disk:
+    one disk, never two, never none."""
+    users = _users(vol)
+    if users:
+        raise CloudError(f"update_disk: disk {disk_cid} is attached to {', '.join(users)}; detach it first")
+    current = _size_mb((vol.get("config") or {}).get("size", "0"))
+    check_space(host, dst, max(current, new_size_mb), "update_disk: size")
+    ttl = 120 + max(current, new_size_mb) / MOVE_MIB_PER_S
+    with host.lock(disk_cid, "update_disk", ttl=ttl):
+        found = find(host, disk_cid)  # under the lock: what it is now
+        if found is None:
+            raise DiskNotFound(f"update_disk: disk {disk_cid} not found")
+        src, vol = found
+        if _move_ends(src, vol):  # a killed move's marks, which find left to the lock's holder: settle them
+            src, vol = _resolve_pool_move(host, disk_cid, *_move_ends(src, vol))
+        if src == dst:
+            return
+        name = naming.disk_volume(disk_cid)
+        config = {k: v for k, v in (vol.get("config") or {}).items() if k not in MOVE_MARKS}
+        desc = vol.get("description", "")
+        target = {"target": _where(vol)}
+        log.info(f"moving disk {disk_cid} from pool {src} to pool {dst}")
+        _mark(host, src, disk_cid, vol, {MOVING_TO_POOL: dst})
+        source: dict[str, Any] = {"type": "copy", "name": name, "pool": src}
+        if _where(vol):
+            source["location"] = _where(vol)
+        body = {
+            "name": name,
+            "type": "custom",
+            "content_type": vol.get("content_type", "block"),
+            "config": {**config, MOVING_FROM_POOL: src},
+            "description": desc,
+            "source": source,
+        }
+        try:
+            fail_point("pool-move-marked")
+            host.client.request("POST", volumes_path(dst), body, params=target)
+            fail_point("pool-move-copy")
+        except BaseException:
+            try:
+                _resolve_pool_move(host, disk_cid, src, dst)
+            except Exception as e:  # the next call that finds the disk settles it
+                log.warn(f"update_disk: cannot undo the unfinished copy of {disk_cid} yet: {e}")
+            raise
+        path = volume_path(dst, name)
+        marked = {**config, MOVING_FROM_POOL: src, MOVE_COPIED: "true"}
+        host.client.request("PUT", path, {"config": marked, "description": desc}, params=target)
+        fail_point("pool-move-copied")
+        host.client.request("DELETE", volume_path(src, name), params=target)
+        fail_point("pool-move-deleted")
+        host.client.request("PUT", path, {"config": config, "description": desc}, params=target)
+    log.info(f"moved disk {disk_cid} to pool {dst}")
+
+
+def settle_pool_move(host: LXDHost, pool: str, disk_cid: str, vol: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(pool, volume) of a disk found with a pool move's marks on it. A move still running (its call
+    holds the disk's lock) is left alone: the source is the disk until the copy is whole. A killed
+    one is finished (the copy was whole) or undone (it was not), as `_move_to_pool` says."""
+    src, dst = _move_ends(pool, vol) or (pool, pool)
+    try:
+        lock = host.lock(disk_cid, "settle a disk's move to another pool", timeout=0)
+        lock.__enter__()
+    except CloudError:
+        name = naming.disk_volume(disk_cid)
+        source = vol if pool == src else host.find_volume(name, src)
+        return (src, source) if source is not None else (pool, vol)
+    try:
+        return _resolve_pool_move(host, disk_cid, src, dst)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _move_ends(pool: str, vol: dict[str, Any]) -> tuple[str, str] | None:
+    """(from, to) of the pool move whose marks a disk volume in `pool` carries; None without marks."""
+    cfg = vol.get("config") or {}
+    if cfg.get(MOVING_TO_POOL):
+        return pool, str(cfg[MOVING_TO_POOL])
+    if cfg.get(MOVING_FROM_POOL):
+        return str(cfg[MOVING_FROM_POOL]), pool
+    return None
+
+
+def _resolve_pool_move(host: LXDHost, disk_cid: str, src: str, dst: str) -> tuple[str, dict[str, Any]]:
+    name = naming.disk_volume(disk_cid)
+    source, copy = host.find_volume(name, src), host.find_volume(name, dst)
+    copy_cfg = (copy or {}).get("config") or {}
+    ours = copy is not None and copy_cfg.get(MOVING_FROM_POOL) == src
+    if ours and (copy_cfg.get(MOVE_COPIED) == "true" or source is None):
+        assert copy is not None
+        if source is not None:
+            log.warn(f"disk {disk_cid}: finishing an interrupted move from pool {src} to {dst} (the copy is whole)")
+            host.client.request("DELETE", volume_path(src, name), params={"target": _where(source)})
+        clean = {k: v for k, v in copy_cfg.items() if k not in MOVE_MARKS}
+        path = volume_path(dst, name)
+        host.client.request(
+            "PUT", path, {"config": clean, "description": copy.get("description", "")}, params={"target": _where(copy)}
+        )
+        return dst, host.client.get(path, params={"target": _where(copy)})
+    if source is None:
+        if copy is not None and _owned(disk_cid, copy):  # the move ended while this call looked
+            return dst, copy
+        raise DiskNotFound(f"disk {disk_cid} not found")
+    if ours:
+        assert copy is not None
+        log.warn(f"disk {disk_cid}: undoing an interrupted move from pool {src} to {dst} (the copy was not finished)")
+        host.client.request("DELETE", volume_path(dst, name), params={"target": _where(copy)})
+    clean = {k: v for k, v in (source.get("config") or {}).items() if k not in MOVE_MARKS}
+    path = volume_path(src, name)
+    host.client.request(
+        "PUT", path, {"config": clean, "description": source.get("description", "")}, params={"target": _where(source)}
+    )
+    return src, host.client.get(path, params={"target": _where(source)})
 
 
 def snapshot(host: LXDHost, disk_cid: str, metadata: dict[str, Any]) -> str:

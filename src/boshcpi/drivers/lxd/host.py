@@ -85,11 +85,12 @@ class LXDHost:
     def pool(self) -> str:
         return self.cfg.server.storage_pool_name
 
-    def lock(self, key: str, action: str) -> Any:
+    def lock(self, key: str, action: str, timeout: float | None = None, ttl: float | None = None) -> Any:
         """The daemon-held lock of a VM or disk cid (locks.py), for a read-modify-write."""
-        from boshcpi.drivers.lxd.locks import DaemonLock
+        from boshcpi.drivers.lxd import locks
 
-        return DaemonLock(self.client, key, action, self.cfg.operation_timeout)
+        wait = self.cfg.operation_timeout if timeout is None else timeout
+        return locks.DaemonLock(self.client, key, action, wait, locks.TTL if ttl is None else ttl)
 
     @property
     def server_type(self) -> str:

@@ -68,8 +68,10 @@ def is_stale(description: str, now: float | None = None) -> bool:
 class DaemonLock:
     """`with DaemonLock(client, key, action, timeout):` the read-modify-write of `key` runs alone."""
 
-    def __init__(self, client: LXDClient, key: str, action: str, timeout: float) -> None:
-        self.client, self.key, self.action, self.timeout = client, key, action, timeout
+    def __init__(self, client: LXDClient, key: str, action: str, timeout: float, ttl: float = TTL) -> None:
+        """`ttl`: how long the lock stays good should its holder die on another host (a holder on this
+        machine that is gone loses it at once); longer for a call that copies data."""
+        self.client, self.key, self.action, self.timeout, self.ttl = client, key, action, timeout, ttl
         self.path = f"/1.0/profiles/{quote(name_of(key), '')}"
         self.held = False
 
@@ -78,7 +80,7 @@ class DaemonLock:
         delay = 0.02
         body: dict[str, Any] = {"name": name_of(self.key), "config": {}, "devices": {}}
         while True:
-            body["description"] = f"{MARK} {_socket.gethostname()} {os.getpid()} {time.time() + TTL:.0f}"
+            body["description"] = f"{MARK} {_socket.gethostname()} {os.getpid()} {time.time() + self.ttl:.0f}"
             try:
                 self.client.request("POST", "/1.0/profiles", body)
                 self.held = True
@@ -111,4 +113,4 @@ class DaemonLock:
         try:
             self.client.delete(self.path)
         except LXDError as e:
-            log.warn(f"{self.action}: cannot release the lock of {self.key} ({e.message}); it expires in {TTL:.0f}s")
+            log.warn(f"{self.action}: cannot release the lock of {self.key} ({e.message}); it expires in time")

@@ -65,8 +65,11 @@ META = "user.bosh."
 # agent and spread group. Manifest metadata never lands on them: a tag named `created_by` would
 # otherwise take a VM away from its CPI (has_vm false, delete_vm a no-op while it runs on).
 OWN_KEYS = frozenset(
-    {"created_by", "kind", "vm", "created", "agent_id", "stemcell", "group", "creating", "moving-from", "move-copied"}
-)
+    {
+        "created_by", "kind", "vm", "created", "agent_id", "stemcell", "group", "creating",
+        "moving-from", "move-copied", "moving-to-pool", "moving-from-pool",
+    }
+)  # fmt: skip
 CREATING_KEY = "creating"
 
 
