@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from boshcpi.dev import stemcells
+from tests.conftest import extra_pool
 from tests.helpers import ROOT, SECRETS
 from tests.integration.test_cleanup import cleanup, killed_call
 from tests.integration.test_lxd_containers import network
@@ -180,3 +181,50 @@ def test_create_vm_killed_after_its_instance_started(lxd, lxd_stemcell, test_ste
     assert [(o["kind"], o["removed"]) for o in found if o["kind"] == "instance"] == [("instance", True)]
     assert set(ctx.instances()) == before
     assert ctx.call("delete_stemcell", sc).ok() is None
+
+
+@pytest.fixture(scope="module")
+def lxd_pool2(lxd):
+    yield from extra_pool(lxd, "f2")
+
+
+# Where update_disk's move to another pool is killed, and where the disk is once the next call has
+# settled it: before the copy is whole the move is undone, after it the move is finished.
+POOL_MOVE_KILLS = [("pool-move-marked", "src"), ("pool-move-copy", "src"), ("pool-move-copied", "dst"),
+                   ("pool-move-deleted", "dst")]  # fmt: skip
+
+
+def test_a_pool_move_killed_anywhere_leaves_one_disk_with_its_data(lxd, lxd_stemcell, lxd_pool2):
+    """update_disk killed at each step of a move to another pool: the next call that looks for the
+    disk (has_disk here) finds exactly one volume of that name, with no move marks, in the pool the
+    kill point says; the director's retry then completes the move; the data is whole each time."""
+    ctx = lxd
+    vm, _ = ctx.call("create_vm", "agent-pm", lxd_stemcell, {}, network(ctx, 63), [], {}).ok()
+    disk = ctx.call("create_disk", 32, {}, vm).ok()
+    hint = ctx.call("attach_disk", vm, disk).ok()
+    sh(ctx, vm, f"head -c 3000000 /dev/urandom > {hint}/data; md5sum < {hint}/data > {hint}/sum; sync")
+    ctx.call("detach_disk", vm, disk).ok()
+    pools = ["boshcpi-btrfs", lxd_pool2]
+
+    def where() -> list[tuple[str, dict]]:
+        found = [(p, ctx.api(f"/1.0/storage-pools/{p}/volumes/custom/{disk}", missing_ok=True)) for p in pools]
+        return [(p, v["config"]) for p, v in found if v is not None]
+
+    src, dst = pools
+    for point, ends_in in POOL_MOVE_KILLS:
+        killed_call(ctx.config_path, "update_disk", [disk, 32, {"pool": dst}], point)
+        assert any(k.startswith("user.bosh.moving") for _, cfg in where() for k in cfg), point  # marks left
+        assert ctx.call("has_disk", disk).ok() is True
+        left = where()
+        assert [p for p, _ in left] == [src if ends_in == "src" else dst], point
+        assert not [k for k in left[0][1] if "mov" in k], point
+        assert ctx.call("update_disk", disk, 32, {"pool": dst}).ok() == disk  # the director's retry
+        assert [p for p, _ in where()] == [dst], point
+        assert ctx.call("attach_disk", vm, disk).ok() == hint
+        assert sh(ctx, vm, f"md5sum < {hint}/data").strip() == sh(ctx, vm, f"cat {hint}/sum").strip(), point
+        ctx.call("detach_disk", vm, disk).ok()
+        src, dst = dst, src  # the next move goes back
+    ctx.call("delete_vm", vm).ok()
+    ctx.call("delete_disk", disk).ok()
+    assert where() == []
+    assert not [p for p in ctx.api("/1.0/profiles") if "boshcpi-lock-" in p]  # no lock left behind
