@@ -592,8 +592,9 @@ def _move_to_pool(host: LXDHost, disk_cid: str, vol: dict[str, Any], dst: str, n
         if found is None:
             raise DiskNotFound(f"update_disk: disk {disk_cid} not found")
         src, vol = found
-        if _move_ends(src, vol):  # a killed move's marks, which find left to the lock's holder: settle them
-            src, vol = _resolve_pool_move(host, disk_cid, *_move_ends(src, vol))
+        ends = _move_ends(src, vol)
+        if ends:  # a killed move's marks, which find left to the lock's holder (this call): settle them
+            src, vol = _resolve_pool_move(host, disk_cid, *ends)
         if src == dst:
             return
         name = naming.disk_volume(disk_cid)
