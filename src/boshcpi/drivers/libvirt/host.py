@@ -4,6 +4,7 @@ configured storage pool, volumes and domains, and the one place libvirt errors b
 from __future__ import annotations
 
 import os
+import time
 
 from boshcpi import ids, log
 from boshcpi.drivers.libvirt import domain as dom_xml
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from boshcpi.config import Config
 
 CHUNK = 1 << 20
+DOWNLOAD_TRIES = 5
+DOWNLOAD_STALL = 15.0  # seconds without a byte of a volume download before it is read again
 MiB = 1 << 20
 
 
@@ -143,16 +146,50 @@ class LibvirtHost:
             raise
 
     def download(self, vol: Any, limit: int = 64 * MiB) -> bytes:
+        """A volume's bytes (at most `limit`), checked against its size and read again when short.
+
+        Right after each upload libvirtd clears and refreshes the pool's volumes in a thread of its own
+        (libvirt `storage_driver.c` virStorageVolPoolRefreshThread). Concurrent attach_disk calls, each
+        reading the config drive the one before had just uploaded, saw a download in that moment end
+        at once with no data (about 1 in 30 runs; the same download 10 ms later was whole), or send
+        nothing and never end. So a short read is read again, and a stalled one is given up after
+        DOWNLOAD_STALL seconds and read again on a new connection."""
         size = min(vol.info()[1], limit)
+        got = 0
+        for attempt in range(1, DOWNLOAD_TRIES + 1):
+            client = self.conn.client
+            try:
+                out = self._download_once(vol, size)
+            except remote.libvirtError as e:
+                if client.sock is not None or attempt == DOWNLOAD_TRIES:  # an error libvirtd sent, or the last try
+                    raise
+                log.warn(f"reading volume {vol.name()}: {e.message}; reading it again on a new connection")
+                client.open()
+                continue
+            if len(out) >= size:
+                return out
+            got = len(out)
+            log.debug(f"reading volume {vol.name()}: {got} of {size} bytes; reading it again")
+            time.sleep(0.02 * attempt)
+        raise CloudError(f"volume {vol.name()} reads back {got} of its {size} bytes", ok_to_retry=True)
+
+    def _download_once(self, vol: Any, size: int) -> bytes:
+        client = self.conn.client
         stream = self.conn.newStream(0)
         vol.download(stream, 0, size, 0)
-        out = bytearray()
-        while True:
-            data = stream.recv(CHUNK)
-            if not data:
-                break
-            out += data
-        stream.finish()
+        old_timeout = client.sock.gettimeout()
+        client.sock.settimeout(DOWNLOAD_STALL)
+        try:
+            out = bytearray()
+            while True:
+                data = stream.recv(CHUNK)
+                if not data:
+                    break
+                out += data
+            stream.finish()
+        finally:
+            if client.sock is not None:
+                client.sock.settimeout(old_timeout)
         return bytes(out)
 
     def lock(self, key: str, action: str) -> Any:

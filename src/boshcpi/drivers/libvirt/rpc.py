@@ -134,6 +134,7 @@ class Client:
     # ---- connection ------------------------------------------------------------------------
     def open(self) -> None:
         t = self.target
+        self.buf = bytearray()  # what a lost connection left half-read
         try:
             if t.transport == "unix":
                 self.sock = transport.unix(t.socket)
@@ -220,6 +221,8 @@ class Client:
             + serial.to_bytes(4, "big")
             + status.to_bytes(4, "big")
         )
+        if self.sock is None:
+            raise LibvirtError(ERR_RPC, f"{self.uri}: not connected (the connection was lost)")
         try:
             self.sock.sendall(head + payload if len(payload) <= STREAM_PAYLOAD else head)
             if len(payload) > STREAM_PAYLOAD:
