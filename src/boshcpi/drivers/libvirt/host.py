@@ -177,8 +177,9 @@ class LibvirtHost:
         client = self.conn.client
         stream = self.conn.newStream(0)
         vol.download(stream, 0, size, 0)
-        old_timeout = client.sock.gettimeout()
-        client.sock.settimeout(DOWNLOAD_STALL)
+        sock = getattr(client.sock, "raw", client.sock)  # a TLS connection (transport.TLSSocket) wraps one
+        old_timeout = sock.gettimeout()
+        sock.settimeout(DOWNLOAD_STALL)
         try:
             out = bytearray()
             while True:
@@ -188,8 +189,8 @@ class LibvirtHost:
                 out += data
             stream.finish()
         finally:
-            if client.sock is not None:
-                client.sock.settimeout(old_timeout)
+            if client.sock is not None:  # not closed by a lost connection
+                sock.settimeout(old_timeout)
         return bytes(out)
 
     def lock(self, key: str, action: str) -> Any:
