@@ -62,6 +62,15 @@ def test_calls_over_the_network(tmp_path, libvirt_pool, pki, transport):
         ["virsh", "-c", "qemu:///system", "vol-list", libvirt_pool], capture_output=True, text=True, check=True
     ).stdout
     assert disk in pool  # the daemon's own client sees what the network client made
+    # A volume reads back whole over the network (config drives are read this way).
+    from boshcpi import config as cfgmod
+    from boshcpi.drivers.libvirt.host import LibvirtHost
+
+    host = LibvirtHost(cfgmod.from_dict(json.loads(cfg.read_text())))
+    try:
+        assert host.download(host.volume(disk)) == bytes(16 << 20)
+    finally:
+        host.close()
     assert call(cfg, "delete_disk", disk).ok() is None
     assert call(cfg, "has_disk", disk).ok() is False
 
