@@ -672,12 +672,7 @@ def _resolve_pool_move(host: LXDHost, disk_cid: str, src: str, dst: str) -> tupl
         if source is not None:
             log.warn(f"disk {disk_cid}: finishing an interrupted move from pool {src} to {dst} (the copy is whole)")
             host.client.request("DELETE", volume_path(src, name), params={"target": _where(source)})
-        clean = {k: v for k, v in copy_cfg.items() if k not in MOVE_MARKS}
-        path = volume_path(dst, name)
-        host.client.request(
-            "PUT", path, {"config": clean, "description": copy.get("description", "")}, params={"target": _where(copy)}
-        )
-        return dst, host.client.get(path, params={"target": _where(copy)})
+        return dst, _without_marks(host, dst, name, copy)
     if source is None:
         if copy is not None and _owned(disk_cid, copy):  # the move ended while this call looked
             return dst, copy
@@ -686,12 +681,15 @@ def _resolve_pool_move(host: LXDHost, disk_cid: str, src: str, dst: str) -> tupl
         assert copy is not None
         log.warn(f"disk {disk_cid}: undoing an interrupted move from pool {src} to {dst} (the copy was not finished)")
         host.client.request("DELETE", volume_path(dst, name), params={"target": _where(copy)})
-    clean = {k: v for k, v in (source.get("config") or {}).items() if k not in MOVE_MARKS}
-    path = volume_path(src, name)
-    host.client.request(
-        "PUT", path, {"config": clean, "description": source.get("description", "")}, params={"target": _where(source)}
-    )
-    return src, host.client.get(path, params={"target": _where(source)})
+    return src, _without_marks(host, src, name, source)
+
+
+def _without_marks(host: LXDHost, pool: str, name: str, vol: dict[str, Any]) -> dict[str, Any]:
+    """Write a volume back without any move's marks; the volume as it is then."""
+    clean = {k: v for k, v in (vol.get("config") or {}).items() if k not in MOVE_MARKS}
+    path, params = volume_path(pool, name), {"target": _where(vol)}
+    host.client.request("PUT", path, {"config": clean, "description": vol.get("description", "")}, params=params)
+    return host.client.get(path, params=params)
 
 
 def snapshot(host: LXDHost, disk_cid: str, metadata: dict[str, Any]) -> str:
