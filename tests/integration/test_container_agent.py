@@ -21,15 +21,10 @@ lxcfs runs on this host (`make host`), so the same get_state shows what the agen
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import json
 import os
 import signal
-import socket
 import subprocess
-import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -39,140 +34,12 @@ import pytest
 from boshcpi.dev import agentimage, stemcells
 from boshcpi.drivers.lxd.hostinit import generate_cert
 from tests import cluster as cl
-from tests.agentclient import Agent, AgentError, mbus_cert
+from tests.agentclient import AgentError
+from tests.containerguest import JOB, PASSWORD, Guest
 from tests.helpers import call, require_tool
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-PASSWORD = "mbus-s3cret-pw"
-JOB = "keeper"
-MONIT = f"""check process {JOB}
-  with pidfile /var/vcap/sys/run/{JOB}/{JOB}.pid
-  start program "/var/vcap/jobs/{JOB}/bin/ctl start"
-  stop program "/var/vcap/jobs/{JOB}/bin/ctl stop"
-  group vcap
-"""
-# A job that, like a database, keeps its data on the persistent disk: it does not start without it.
-CTL = f"""#!/bin/sh
-RUN=/var/vcap/sys/run/{JOB}
-case "$1" in
-  start)
-    mountpoint -q /var/vcap/store || {{ echo "no persistent disk on /var/vcap/store" >&2; exit 1; }}
-    mkdir -p "$RUN" /var/vcap/store/{JOB}
-    date +%s >> /var/vcap/store/{JOB}/starts
-    setsid sh -c 'while :; do sleep 5; done' </dev/null >/dev/null 2>&1 &
-    echo $! > "$RUN/{JOB}.pid"
-    ;;
-  stop)
-    [ -f "$RUN/{JOB}.pid" ] && kill "$(cat "$RUN/{JOB}.pid")"
-    rm -f "$RUN/{JOB}.pid"
-    ;;
-esac
-exit 0
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rendered_templates() -> bytes:
-    """The rendered-templates archive as the CLI builds it (`tar -czf X -C dir .`: ./<job>/...)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, text, mode in ((f"./{JOB}/monit", MONIT, 0o644), (f"./{JOB}/bin/ctl", CTL, 0o755)):
-            info = tarfile.TarInfo(name)
-            data = text.encode()
-            info.size, info.mode = len(data), mode
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-class Guest:
-    """One container on the private daemon, and its agent."""
-
-    def __init__(self, daemon: cl.Cluster, config: Path, tmp: Path) -> None:
-        self.daemon, self.config, self.tmp = daemon, config, tmp
-        self.cert = mbus_cert(tmp, "127.0.0.1")
-        self.port = free_port()
-        self.agent = Agent("127.0.0.1", PASSWORD, self.cert["ca"], port=self.port)
-        self.vm = ""
-
-    def call(self, method: str, *args):
-        return call(self.config, method, *args)
-
-    def create(self, stemcell: str) -> None:
-        env = {
-            "bosh": {
-                "mbus": {"cert": self.cert},
-                "blobstores": [{"provider": "local", "options": {"blobstore_path": "/var/vcap/data/blobs"}}],
-                "password": "*",
-            }
-        }
-        net = {"default": {"type": "vip", "ip": "127.0.0.1", "cloud_properties": {}}}
-        props = {"cpus": 1, "memory": 1024, "ephemeral_disk": 512}
-        self.vm, _ = self.call("create_vm", "agent-life", stemcell, props, net, [], env).ok()
-        # The director reaches the agent on the VM's address; here, a proxy on loopback.
-        self.daemon.cli(
-            "config", "device", "add", self.vm, "mbus", "proxy",
-            f"listen=tcp:127.0.0.1:{self.port}", "connect=tcp:127.0.0.1:6868",
-        )  # fmt: skip
-        self.agent.wait_ready(300)
-
-    def sh(self, script: str, check: bool = True) -> str:
-        return self.daemon.cli("exec", self.vm, "--", "sh", "-c", script, check=check)
-
-    def init_pid(self) -> int:
-        return int(self.daemon.query(f"/1.0/instances/{self.vm}/state")["pid"])
-
-    def install_job(self) -> None:
-        """What `bosh create-env` does to run a job (bosh-cli deployment/instance/instance.go)."""
-        blob = rendered_templates()
-        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-        blob_id = str(uuid.uuid4())
-        self.agent.call(
-            "upload_blob", {"blob_id": blob_id, "checksum": digest, "payload": base64.b64encode(blob).decode()}
-        )
-        self.agent.call("stop")
-        spec = {
-            "deployment": "life",
-            "name": JOB,
-            "index": 0,
-            "id": "0",
-            "az": "unknown",
-            "networks": {},
-            "packages": {},
-            "job": {"name": JOB, "templates": [{"name": JOB, "version": "1"}]},
-            "rendered_templates_archive": {"blobstore_id": blob_id, "sha1": digest},
-            "configuration_hash": "life-1",
-        }
-        self.agent.call("apply", spec)
-        self.agent.call("run_script", "pre-start", {})
-        self.agent.call("start")
-
-    def state(self, timeout: float = 180) -> dict:
-        """get_state full, once the job's process runs (job_state alone is `running` with no process)."""
-        deadline = time.monotonic() + timeout
-        last: dict = {}
-        while time.monotonic() < deadline:
-            try:
-                last = self.agent.call("get_state", "full", timeout=30)
-            except (AgentError, OSError) as e:
-                last = {"error": str(e)}
-            procs = {p.get("name"): p.get("state") for p in last.get("processes") or []}
-            if last.get("job_state") == "running" and procs.get(JOB) == "running":
-                return last
-            time.sleep(2)
-        raise AssertionError(f"the job never ran again: {json.dumps(last)[:2000]}\n{self.log()}")
-
-    def starts(self) -> int:
-        return len(self.sh(f"cat /var/vcap/store/{JOB}/starts").split())
-
-    def log(self) -> str:
-        out = self.sh("tail -n 40 /var/vcap/monit/monit.log; journalctl -u bosh-agent -n 60 --no-pager", check=False)
-        return out[-6000:]
+BTRFS_POOL = "b1"
 
 
 @pytest.fixture(scope="module", params=["lxd", "incus"])
@@ -202,6 +69,8 @@ def private(request, tmp_path_factory):
         config = tmp / "cpi.json"
         config.write_text(json.dumps(cfg))
         stemcell = call(config, "create_stemcell", str(image / "image"), stemcells.cloud_properties(image)).ok()
+        # A second pool of another driver, for a disk's pool move (`local` is a dir pool).
+        d.cli("storage", "create", BTRFS_POOL, "btrfs", "size=1GiB")
         yield d, config, tmp, stemcell
     finally:
         cl.stop(d)
@@ -347,3 +216,102 @@ def test_the_store_and_the_jobs_come_back_after_every_kind_of_restart(private):
             g.call("delete_vm", g.vm)
         for d in disks:
             g.call("delete_disk", d)
+
+
+def store_mounts(g: Guest, disk: str) -> dict[str, list[str]]:
+    """Where the container has the disk's volume mounted, read from its /proc/self/mountinfo: the
+    daemon's device mount, and every other mount of the same filesystem and root (the agent's binds);
+    and what is mounted on the store and on the migration target, whatever it is."""
+    lines = [line.split() for line in g.sh("cat /proc/self/mountinfo").splitlines()]
+    device = f"/warden-cpi-dev/{disk}"
+    ident = next(((f[2], f[3]) for f in lines if f[4] == device), None)
+    assert ident is not None, f"{device} is not mounted in the container"
+    return {
+        "volume": [f[4] for f in lines if (f[2], f[3]) == ident and f[4] != device],
+        "store": [f[4] for f in lines if f[4] == "/var/vcap/store"],
+        "migration": [f[4] for f in lines if f[4] == "/var/vcap/store_migration_target"],
+    }
+
+
+def test_disk_changes_in_a_row_keep_one_mount_of_the_store(private):
+    """The director's disk changes in a container, each as cloudfoundry/bosh `disk_manager.rb` makes
+    it (jobs stopped, the agent's `unmount_disk`, then `detach_disk`, the change, `attach_disk`, the
+    agent's `mount_disk`, jobs started): a native resize, a pool move (update_disk), a resize again.
+    After each: the disk mounted exactly once, on /var/vcap/store, nothing on the migration target,
+    the data there, the job started once more from its counter, and the agent's `list_disk` right.
+    A detach while a process uses the store is refused, and leaves the disk and the process as
+    they were."""
+    daemon, config, tmp, stemcell = private
+    g = Guest(daemon, config, tmp)
+    disk = ""
+    try:
+        g.create(stemcell)
+        disk = g.call("create_disk", 256, {}, g.vm).ok()
+        g.call("attach_disk", g.vm, disk).ok()
+        g.agent.call("mount_disk", disk)
+        token = uuid.uuid4().hex
+        g.sh(f"echo {token} > /var/vcap/store/token")
+        g.install_job()
+        g.state()
+        assert g.count() == 1
+
+        def pool_and_size() -> tuple[str, str]:
+            for pool in ("local", BTRFS_POOL):
+                vols = daemon.query(f"/1.0/storage-pools/{pool}/volumes/custom?recursion=1") or []
+                for v in vols:
+                    if v["name"] == disk:
+                        return pool, v["config"].get("size", "")
+            raise AssertionError(f"disk {disk} is in no pool")
+
+        # A detach the agent did not prepare for, while a process works on the store: refused; the
+        # disk stays attached and mounted, the process runs on.
+        holder = g.sh("cd /var/vcap/store && { setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $!; }").strip()
+        g.agent.call("stop")
+        g.agent.call("unmount_disk", disk)
+        refused = g.call("detach_disk", g.vm, disk)
+        assert refused.error_type == "Bosh::Clouds::CloudError", refused.error
+        assert refused.error["ok_to_retry"] is True
+        assert "still in use" in refused.error["message"] and "/var/vcap/store" in refused.error["message"]
+        assert f"{holder}:sleep" in refused.error["message"], refused.error["message"]
+        assert g.call("get_disks", g.vm).ok() == [disk]
+        assert g.sh(f"kill -0 {holder} && cat /var/vcap/store/token").strip() == token
+        # The agent sees the disk mounted as before its unmount_disk (the CPI bound it back).
+        assert g.agent.call("list_disk") == [disk]
+        assert store_mounts(g, disk) == {"volume": ["/var/vcap/store"], "store": ["/var/vcap/store"], "migration": []}
+        g.sh(f"kill {holder}")
+        g.agent.call("start")
+        g.state()
+        assert g.count() == 2
+
+        changes = [("resize", 384, None), ("pool move", 384, BTRFS_POOL), ("resize", 512, None)]
+        for n, (what, size, pool) in enumerate(changes, 3):
+            g.agent.call("stop")
+            g.agent.call("unmount_disk", disk)
+            assert g.call("detach_disk", g.vm, disk).ok() is None, what
+            if pool:
+                assert g.call("update_disk", disk, size, {"pool": pool}).ok() == disk
+            else:
+                assert g.call("resize_disk", disk, size).ok() is None
+            assert g.call("attach_disk", g.vm, disk).ok() == f"/warden-cpi-dev/{disk}"
+            g.agent.call("mount_disk", disk)
+            g.agent.call("start")
+            state = g.state()
+            mounts = store_mounts(g, disk)
+            assert mounts == {"volume": ["/var/vcap/store"], "store": ["/var/vcap/store"], "migration": []}, what
+            assert g.sh("cat /var/vcap/store/token").strip() == token, what
+            assert g.count() == n, what
+            assert g.agent.call("list_disk") == [disk], what
+            assert {p["name"]: p["state"] for p in state["processes"]} == {JOB: "running"}, what
+            assert pool_and_size() == (pool or pool_and_size()[0], f"{size}MiB"), what
+        assert pool_and_size()[0] == BTRFS_POOL
+
+        # A detach without the agent's unmount (its disk mount still in place): the store goes too.
+        g.agent.call("stop")
+        assert g.call("detach_disk", g.vm, disk).ok() is None
+        mountinfo = g.sh("cat /proc/self/mountinfo")
+        assert " /var/vcap/store " not in mountinfo and disk not in mountinfo, mountinfo
+    finally:
+        if g.vm:
+            g.call("delete_vm", g.vm)
+        if disk:
+            g.call("delete_disk", disk)

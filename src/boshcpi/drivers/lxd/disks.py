@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from boshcpi import log
 from boshcpi.agent import settings as agent_settings
-from boshcpi.drivers.lxd import naming, settingsio
+from boshcpi.drivers.lxd import guestmounts, naming, settingsio
 from boshcpi.drivers.lxd.client import LXDError, quote
 from boshcpi.drivers.lxd.errors import mapped
 from boshcpi.drivers.lxd.host import META, instance_path, now, volume_path, volumes_path
@@ -416,6 +416,9 @@ def _detach(host: LXDHost, vm_cid: str, disk_cid: str) -> None:
     with mapped("detach_disk"):
         found = find(host, disk_cid)
     device = _attached_device(inst, disk_cid)
+    # A container keeps the agent's bind of the disk on /var/vcap/store after `unmount_disk`: taken
+    # down first, or refused while in use (guestmounts.py).
+    guestmounts.release(host, vm_cid, inst, disk_cid, "detach_disk")
     op = None
     if device:
         # As in attach: the daemon removes the device while the settings are read.
