@@ -62,6 +62,19 @@ install_all() {
   # `bosh create-env` compiles the release's python3 package on this machine (tests/e2e): what a
   # stemcell has is enough (packages/python3/packaging).
   install_pkgs "" build-essential libssl-dev zlib1g-dev
+  # What the real director runs on (tests/director.py starts its own instances of each, by PID): its
+  # Debian services must not start, so the install runs under a policy that refuses every start.
+  no_service_starts install_pkgs "" postgresql nats-server nginx-light
+}
+
+no_service_starts() {
+  if [ -e /usr/sbin/policy-rc.d ]; then "$@"; return; fi
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  local rc=0
+  "$@" || rc=$?
+  rm -f /usr/sbin/policy-rc.d
+  return $rc
 }
 
 # ---- daemons -------------------------------------------------------------------------------

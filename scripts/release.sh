@@ -30,6 +30,23 @@ BOSH=$(find_tool bosh BOSH_CLI) || { say "no bosh CLI: set BOSH_CLI, put bosh on
 mkdir -p "$CACHE" "$(dirname "$TARBALL")"
 
 # ---- 1. CPython source ---------------------------------------------------------------------
+# apt with a source list and state of its own under $CACHE/apt: one deb-src entry for bookworm main,
+# with the URI and Signed-By of the machine's own Debian source (scripts/aptsource.py). The machine's
+# apt sources are never written: a deb-src line added beside a deb822 source that carries Signed-By
+# makes every apt-get there fail ("Conflicting values set for option Signed-By").
+APT_ETC=${BOSHCPI_APT_ETC:-/etc/apt}
+apt_private() {
+  local d="$CACHE/apt"
+  mkdir -p "$d/sources.list.d" "$d/lists/partial" "$d/cache/archives/partial"
+  if [ ! -s "$d/sources.list.d/boshcpi-src.sources" ]; then
+    "$PYTHON" "$ROOT/scripts/aptsource.py" "$APT_ETC" > "$d/sources.list.d/boshcpi-src.sources.tmp" \
+      || { say "cannot find the machine's Debian source for bookworm main in $APT_ETC; set PYTHON_TARBALL"; exit 1; }
+    mv "$d/sources.list.d/boshcpi-src.sources.tmp" "$d/sources.list.d/boshcpi-src.sources"
+  fi
+  apt-get -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$d/sources.list.d" \
+    -o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache" -o APT::Sandbox::User=root "$@"
+}
+
 python_blob() {
   local have
   if [ -n "${PYTHON_TARBALL:-}" ]; then
@@ -40,17 +57,9 @@ python_blob() {
   fi
   have=$(ls "$CACHE"/Python-3.11.*.tgz 2>/dev/null | head -n1 || true)
   if [ -n "$have" ]; then echo "$have"; return; fi
-  if ! grep -rqs '^deb-src .* bookworm main' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    local uri
-    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    [ -n "$uri" ] || uri=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    [ -n "$uri" ] || { say "cannot find the Debian mirror for a deb-src line; set PYTHON_TARBALL"; exit 1; }
-    [ "$(id -u)" = 0 ] || { say "adding a deb-src line needs root; or set PYTHON_TARBALL"; exit 1; }
-    echo "deb-src $uri bookworm main" > /etc/apt/sources.list.d/boshcpi-src.list
-    apt-get update -qq
-  fi
+  apt_private update -qq || { say "apt-get update (private deb-src list) failed"; exit 1; }
   local tmp; tmp=$(mktemp -d "$CACHE/apt-XXXXXX")
-  (cd "$tmp" && apt-get source --download-only python3.11 >/dev/null 2>&1) \
+  (cd "$tmp" && apt_private source --download-only python3.11 >/dev/null 2>&1) \
     || { rm -rf "$tmp"; say "apt-get source python3.11 failed"; exit 1; }
   local orig; orig=$(ls "$tmp"/python3.11_*.orig.tar.* | head -n1)
   local version; version=$(basename "$orig" | sed -E 's/^python3\.11_([0-9.]+)\.orig\.tar\..*$/\1/')
@@ -63,6 +72,10 @@ python_blob() {
   echo "$CACHE/Python-$version.tgz"
 }
 
+if [ "${1:-}" = python-source-uris ]; then  # what would be fetched, and from where (tests)
+  apt_private update -qq && apt_private source --print-uris python3.11
+  exit
+fi
 PY_TGZ=$(python_blob)
 say "python source: $(basename "$PY_TGZ")"
 

@@ -109,7 +109,8 @@ def test_the_real_agent_finds_every_disk(libvirt_pool, tmp_path, agent_vm_stemce
     """CDROM config drive, with an ephemeral disk, and a persistent disk's life as the director leads
     it: attached and mounted; moved twice to a new disk (attach the new one beside the old, mount it,
     migrate_disk, detach the old: two disks attached at once, and the agent must pick the right one);
-    a reboot; a recreate. The data written on the first disk follows every move."""
+    three size changes in a row; a reboot; a recreate. The data written on the first disk follows
+    every move."""
     g = Guest(tmp_path, libvirt_pool, "CDROM")
     sc = g.call("create_stemcell", str(agent_vm_stemcell / "image"), stemcells.cloud_properties(agent_vm_stemcell)).ok()
     disks: list[str] = []
@@ -137,6 +138,28 @@ def test_the_real_agent_finds_every_disk(libvirt_pool, tmp_path, agent_vm_stemce
             g.call("detach_disk", g.vm, old).ok()
             assert g.agent.call("list_disk") == [disk], new
         c = disks[-1]
+
+        # The director's disk type changes without a copy, three in a row (cloudfoundry/bosh
+        # disk_manager.rb:256-271 resize_disk with enable_cpi_resize_disk, and update_disk, which on
+        # libvirt changes the size): the agent's unmount_disk, detach_disk, the change, attach_disk,
+        # the agent's mount_disk, which grows the partition and its filesystem to the new size
+        # (bosh-agent platform/linux_platform.go AdjustPersistentDiskPartitioning). After each: one
+        # mount of the disk, on the store, nothing on the migration target, the data, the new size.
+        fs_size = int(g.report(store=c)["size"])
+        for what, size in (("resize_disk", 384), ("update_disk", 512), ("resize_disk", 640)):
+            g.agent.call("unmount_disk", c)
+            assert g.call("detach_disk", g.vm, c).ok() is None, what
+            if what == "update_disk":
+                assert g.call("update_disk", c, size, {}).ok() == c
+            else:
+                assert g.call(what, c, size).ok() is None
+            g.call("attach_disk", g.vm, c).ok()
+            g.agent.call("mount_disk", c)
+            r = g.report(store=c, marker=a, mounts="1", mig="none")
+            # The filesystem grew with its disk (ext4 keeps some of it for its journal and tables).
+            assert fs_size < int(r["size"]) <= size and int(r["size"]) >= 0.88 * size, (what, fs_size, r)
+            fs_size = int(r["size"])
+            assert g.agent.call("list_disk") == [c], what
 
         # Reboot: the agent reads the settings again at boot and remounts its disk.
         seen = len(g.console())

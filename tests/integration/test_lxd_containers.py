@@ -126,6 +126,23 @@ def test_v1_create_vm_returns_only_the_cid(daemon, warden_stemcell):
     daemon.call("delete_vm", vm_cid).ok()
 
 
+def test_two_bosh_networks_on_one_managed_network_are_refused_before_anything_is_made(daemon, warden_stemcell):
+    """Two manual networks without `cloud_properties.name` both land on server.network_name, and an
+    instance has one NIC per managed network: the caller's input, refused with both names and the
+    setting to use, before an instance or a volume exists."""
+    before = (set(daemon.instances()), set(daemon.volumes()))
+    nets = network(daemon, 23)
+    second = dict(nets["default"], ip=f"{daemon.subnet}.24", default=[])
+    resp = daemon.call(
+        "create_vm", "agent-2nets", warden_stemcell, {"ephemeral_disk": 64}, {**nets, "other": second}, [], {}
+    )
+    assert resp.error_type == "Bosh::Clouds::CpiError", resp.error
+    msg = resp.error["message"]
+    assert "'default'" in msg and "'other'" in msg and "cloud_properties.name" in msg, msg
+    assert resp.error["ok_to_retry"] is False
+    assert (set(daemon.instances()), set(daemon.volumes())) == before
+
+
 def test_missing_objects_give_typed_errors(daemon):
     ghost = "vm-00000000-0000-4000-8000-000000000000"
     assert daemon.call("has_vm", ghost).ok() is False

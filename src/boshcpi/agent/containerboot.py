@@ -19,6 +19,9 @@ bosh-agent.service) with one `ExecStartPre`. It reads the cid the agent itself r
 disk's folder onto /var/vcap/store only if the folder is a mount point (the disk is still attached)
 and the store is not mounted yet. The `-` prefix: a failure never keeps the agent from starting.
 
+**monit waits for the agent** (MONIT_DROPIN below): at boot monit starts only when the agent starts
+it, after it has mounted its run folder and the disk is back.
+
 **Process uptimes under lxcfs.** On a host running lxcfs (a normal LXD or Incus host) a container's
 /proc/uptime is the container's age (lxcfs src/proc_fuse.c proc_uptime_read), while a process's start
 time in /proc/<pid>/stat counts from the host's boot. The stemcell's monit 5.2.5 takes boot time as
@@ -58,4 +61,20 @@ DROPIN = f"""# Written by boshcpi (create_vm, attach_disk, reboot_vm), run befor
 [Service]
 ExecStartPre=-/bin/sh -c '{_SCRIPT}'
 ExecStartPre=-/bin/sh -c "{_UPTIME}"
+"""
+
+# monit only once the agent starts it. The stemcell's monit unit is enabled at boot, held back on a VM
+# by `ConditionPathExists=/var/vcap/data/sys/run` (bosh-linux-stemcell-builder
+# stemcell_builder/stages/bosh_monit/assets/monit.service): that folder is on the ephemeral disk, which
+# only the agent mounts. A container's ephemeral disk is mounted by the daemon and keeps the folder
+# across reboots, so monit would start the jobs at boot, before the agent mounts its tmpfs over that
+# folder (bosh-agent platform/linux_platform.go setupRunDir) and before the persistent disk is back:
+# jobs without their data, then each started a second time once their pidfiles vanish under the tmpfs.
+# With the tmpfs as the condition, monit waits for the agent (bootstrap.go StartMonit, `systemctl start`).
+MONIT_DROPIN_DIR = "/etc/systemd/system/monit.service.d"
+MONIT_DROPIN_PATH = MONIT_DROPIN_DIR + "/50-boshcpi-agent-first.conf"
+MONIT_DROPIN = """# Written by boshcpi: monit starts when the bosh agent starts it, once the agent has mounted its
+# run folder (and the persistent disk is back), never on its own at boot.
+[Unit]
+ConditionPathIsMountPoint=/var/vcap/data/sys/run
 """

@@ -20,11 +20,13 @@ jobsupervisor/monit). Builds are cached by the content of everything that goes i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 from boshcpi.dev import stemcells
@@ -132,7 +134,8 @@ WantedBy=multi-user.target
 
 # Test instrumentation of the VM image (not part of any resolution the agent does): every 2 s, when
 # something changed, print to the serial console which block devices hold /var/vcap/store and
-# /var/vcap/data and what serial each virtio disk has, and leave on a freshly mounted store a marker
+# /var/vcap/data and what serial each virtio disk has, the store's size in MiB, how many mounts its
+# device has and what is on the migration target, and leave on a freshly mounted store a marker
 # naming the disk it was first written to (so a test can tell the data came back with its disk).
 DISK_REPORT = r"""#!/bin/sh
 last=""
@@ -153,11 +156,17 @@ while true; do
     fi
     marker=$(cat /var/vcap/store/boshcpi-marker 2>/dev/null)
   fi
-  line="BOSHCPI-REPORT store=${store:-none} data=${data:-none} marker=${marker:-none} ids=$(echo $ids | tr ' ' ',')"
+  size=none; mounts=0
+  if [ -n "$store" ]; then
+    size=$(df -m --output=size /var/vcap/store | tail -n 1 | tr -d ' ')
+    mounts=$(grep -c "^$store " /proc/self/mounts)
+  fi
+  mig=$(findmnt -n -o SOURCE /var/vcap/store_migration_target 2>/dev/null)
+  line="BOSHCPI-REPORT store=${store:-none} data=${data:-none} marker=${marker:-none} size=$size mounts=$mounts mig=${mig:-none} ids=$(echo $ids | tr ' ' ',')"
   if [ "$line" != "$last" ]; then echo "$line" > /dev/ttyS0; last="$line"; fi
   sleep 2
 done
-"""
+"""  # noqa: E501
 
 # The stemcell's monit set-up (bosh-linux-stemcell-builder stemcell_builder/stages/bosh_monit: monitrc
 # in /var/vcap/bosh/etc, credentials from the file the agent writes, job files under
@@ -225,12 +234,26 @@ while True:
     threading.Thread(target=handle, args=(c,), daemon=True).start()
 """
 
+# The `monit` CLI the agent runs, on PATH before Debian's: the stemcell's monit 5.2.5 does nothing for
+# a group without services, where Debian's 5.33 fails with "Group 'vcap' not found", and the agent's
+# `stop` on a VM with no job yet runs `monit stop -g vcap` (bosh-agent
+# jobsupervisor/monit_job_supervisor.go StopAndWait): the director's first deploy of it then fails.
+REAL_MONIT_CLI = """#!/bin/sh
+err=$(mktemp)
+/usr/bin/monit "$@" 2>"$err"; rc=$?
+if [ "$rc" -ne 0 ] && grep -q "^Group '.*' not found" "$err"; then rc=0; else cat "$err" >&2; fi
+rm -f "$err"
+exit "$rc"
+"""
+
 REAL_MONIT_UNITS = {
-    # The stemcell's unit (stages/bosh_monit/assets/monit.service): the agent restarts it with
+    # The stemcell's unit (stages/bosh_monit/assets/monit.service, with its condition: on a VM the
+    # folder appears once the agent mounted the ephemeral disk): the agent restarts it with
     # `systemctl kill monit` + `systemctl start monit` (jobsupervisor/monit_job_supervisor.go Reload).
     "monit.service": """[Unit]
 Description=monit, as a BOSH stemcell runs it
 After=network.target
+ConditionPathExists=/var/vcap/data/sys/run
 StartLimitIntervalSec=0
 [Service]
 ExecStart=/usr/bin/monit -I -c /var/vcap/bosh/etc/monitrc
@@ -342,6 +365,9 @@ def _key(*parts: bytes | str) -> str:
     return h.hexdigest()[:12]
 
 
+VM_PACKAGES = ("cloud-guest-utils",)
+
+
 def base_rootfs(extra: tuple[str, ...] = ()) -> Path:
     """A debootstrap'ed Debian 12 (minbase + PACKAGES + `extra`), cached as a tarball."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -366,7 +392,7 @@ def base_rootfs(extra: tuple[str, ...] = ()) -> Path:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"debootstrap failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        if extra:
+        if extra == STEMCELL_BUILD_PACKAGES:
             _check_stemcell_like(work)
         for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "var/cache/apt/archives"):
             shutil.rmtree(work / junk, ignore_errors=True)
@@ -447,6 +473,7 @@ def _customize(root: Path, agent: Path, agent_json: dict, vm: bool, real_monit: 
         _write(root, "var/vcap/monit/empty.monitrc", "")  # monit refuses an include that matches nothing
         (root / "var/vcap/monit/job").mkdir(parents=True, exist_ok=True)
         _write(root, f"{bin_dir}/monit-csrf-proxy", MONIT_CSRF_PROXY, 0o755)
+        _write(root, f"{bin_dir}/monit", REAL_MONIT_CLI, 0o755)
         units.update(REAL_MONIT_UNITS)
     else:
         _write(root, f"{bin_dir}/fake-monit", FAKE_MONIT, 0o755)
@@ -495,7 +522,11 @@ def container_stemcell(agent: Path, out: Path | None = None, stemcell_like: bool
     (STEMCELL_BUILD_PACKAGES, none of NOT_ON_A_STEMCELL) and a real monit that runs job processes:
     the compile and run environment of a director VM."""
     base = base_rootfs(STEMCELL_BUILD_PACKAGES if stemcell_like else ())
-    monit = (REAL_MONITRC, MONIT_CSRF_PROXY, json.dumps(REAL_MONIT_UNITS)) if stemcell_like else (FAKE_MONIT,)
+    monit = (
+        (REAL_MONITRC, MONIT_CSRF_PROXY, REAL_MONIT_CLI, json.dumps(REAL_MONIT_UNITS))
+        if stemcell_like
+        else (FAKE_MONIT,)
+    )
     key = _key(base.name, agent.read_bytes(), *monit, json.dumps(WARDEN_AGENT), json.dumps(UNITS), json.dumps(SCRIPTS))
     d = (out or CACHE) / f"agent-container-{key}"
     if (d / "image").exists():
@@ -529,8 +560,11 @@ def _prune_modules(root: Path) -> str:
 
 
 def vm_stemcell(agent: Path, out: Path | None = None, disk_gb: int = 3) -> Path:
-    """An unpacked OpenStack-style stemcell dir whose qcow2 root.img boots the real agent."""
-    base = base_rootfs()
+    """An unpacked OpenStack-style stemcell dir whose qcow2 root.img boots the real agent. It has
+    `growpart` (cloud-guest-utils, on every Jammy stemcell: bosh-linux-stemcell-builder
+    bosh-stemcell/spec/assets/dpkg-list-ubuntu-jammy.txt), which the agent runs to grow a persistent
+    disk's partition after a resize (bosh-agent platform/linux_platform.go AdjustPersistentDiskPartitioning)."""
+    base = base_rootfs(VM_PACKAGES)
     key = _key(
         base.name,
         agent.read_bytes(),
@@ -613,12 +647,23 @@ def _disk(raw: Path, root: Path, kernel: Path, initrd: Path, disk_gb: int) -> No
 
 
 def stemcell_tarball(d: Path) -> Path:
-    """The stemcell tarball (stemcell.MF + image) `bosh create-env` takes, beside the unpacked dir."""
-    out = d.parent / (d.name + ".tgz")
+    """The stemcell tarball (stemcell.MF + image) `bosh create-env` and a director take, beside the
+    unpacked dir. Its manifest carries the image's `sha1`, as a real stemcell's does (a director
+    refuses a stemcell without it: cloudfoundry/bosh jobs/update_stemcell.rb:66)."""
+    out = d.parent / (d.name + ".stemcell.tgz")
     if not out.exists():
+        h = hashlib.sha1()
+        with open(d / "image", "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        mf = (d / "stemcell.MF").read_text()
+        if not any(line.startswith("sha1:") for line in mf.splitlines()):
+            mf += f"sha1: {h.hexdigest()}\n"
         tmp = out.with_suffix(".tmp")
         with tarfile.open(tmp, "w:gz", compresslevel=1) as tf:
-            tf.add(d / "stemcell.MF", arcname="stemcell.MF")
+            info = tarfile.TarInfo("stemcell.MF")
+            info.size, info.mode, info.mtime = len(mf.encode()), 0o644, int(time.time())
+            tf.addfile(info, io.BytesIO(mf.encode()))
             tf.add(d / "image", arcname="image")
         os.replace(tmp, out)
     return out

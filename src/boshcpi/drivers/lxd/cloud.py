@@ -118,6 +118,7 @@ class LXDCloud(Cloud):
         # Default-gateway network first, so it is eth0.
         ordered = sorted(spec.networks.values(), key=lambda n: ("gateway" not in n.default, n.name))
         managed: dict[str, bool] = {}
+        users: dict[str, str] = {}  # managed network -> the BOSH network whose NIC is on it
         for net in ordered:
             mac = net.mac or ids.random_mac()
             raw = dict(spec.raw_networks.get(net.name) or {})
@@ -125,6 +126,15 @@ class LXDCloud(Cloud):
                 parent = str(net.cloud_properties.get("name") or default_parent)
                 if parent not in managed:
                     managed[parent] = self._network_managed(parent)
+                if managed[parent] and parent in users:
+                    # LXD and Incus give an instance one NIC per managed network (its DNS name there
+                    # is the instance's): the start would fail after the instance was made.
+                    raise CpiError(
+                        f"networks {users[parent]!r} and {net.name!r} both reach LXD network {parent!r}; an instance "
+                        "has one NIC per managed network: give each BOSH network its own LXD network with the "
+                        "subnet's cloud_properties.name (or the network cloud property)"
+                    )
+                users[parent] = net.name
                 dev: dict[str, str] = {"type": "nic", "name": f"eth{index}", "hwaddr": mac}
                 if managed[parent]:
                     dev["network"] = parent

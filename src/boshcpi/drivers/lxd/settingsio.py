@@ -187,8 +187,9 @@ def write_container_file(host: LXDHost, vm_cid: str, settings: dict[str, Any], a
 
 def write_boot_hook(host: LXDHost, vm_cid: str, attempts: int = 4) -> None:
     """The container's boot hook, run before its agent starts (boshcpi.agent.containerboot): the
-    persistent disk back on /var/vcap/store, and no lxcfs /proc/uptime for monit. Only where systemd's
-    unit folder exists: a stemcell without systemd keeps the agent's own behaviour. Raises LXDError."""
+    persistent disk back on /var/vcap/store, no lxcfs /proc/uptime for monit, and monit held back
+    until the agent starts it. Only where systemd's unit folder exists: a stemcell without systemd
+    keeps the agent's own behaviour. Raises LXDError."""
     from boshcpi.agent import containerboot
 
     try:
@@ -199,6 +200,8 @@ def write_boot_hook(host: LXDHost, vm_cid: str, attempts: int = 4) -> None:
         log.warn(f"{vm_cid} has no /etc/systemd/system: no boot hook (persistent disk remount, uptime)")
         return
     _push(host, vm_cid, containerboot.DROPIN_PATH, containerboot.DROPIN.encode(), 0o644, attempts)
+    host.client.make_dir(vm_cid, containerboot.MONIT_DROPIN_DIR)
+    _push(host, vm_cid, containerboot.MONIT_DROPIN_PATH, containerboot.MONIT_DROPIN.encode(), 0o644, attempts)
 
 
 def _push(host: LXDHost, vm_cid: str, path: str, data: bytes, mode: int, attempts: int) -> None:
