@@ -3,7 +3,8 @@
 Off unless the test switch `BOSHCPI_TEST_FAULTS=1` is set, so a stray variable on a director can never
 make a real call fail. With the switch on:
 - `BOSHCPI_FAIL_AT=<step>` makes a call fail at that step (it then must clean up after itself);
-- `BOSHCPI_PAUSE_AT=<step>` makes it stop there after logging "paused at <step>", to be killed.
+- `BOSHCPI_PAUSE_AT=<step>` makes it stop there after logging "paused at <step>", to be killed;
+  with `BOSHCPI_PAUSE_FOR=<seconds>` it goes on after that long (a slow step, for a concurrent call).
 Every fault point of every driver is a `fail_point(...)` call; none reads these variables itself.
 """
 
@@ -31,4 +32,4 @@ def fail_point(step: str, error: Callable[[], BaseException] | None = None) -> N
         from boshcpi import log
 
         log.info(f"paused at {step}")
-        time.sleep(3600)
+        time.sleep(float(os.environ.get("BOSHCPI_PAUSE_FOR") or 3600))

@@ -111,6 +111,19 @@ def test_vm_boots_and_reads_the_settings_the_cpi_wrote(libvirt_pool, tmp_path, b
         assert ctx.call("has_vm", vm).ok() is True
         ctx.call("set_vm_metadata", vm, {"deployment": "d", "job": "j", "index": "0", "name": "j/0"}).ok()
         assert ctx.conn.lookupByName(vm).metadata(libvirt.VIR_DOMAIN_METADATA_TITLE, None, 0) == "d/j/0"
+        # Tag values XML 1.0 cannot hold as they are: a C0 control (libxml2 would refuse the whole
+        # document) becomes U+FFFD; a CR reads back as written (not as a newline).
+        tags = {"ctl": "a\x01b", "tab": "x\ty", "cr": "1\r2\r\n3", "nl": "p\nq"}
+        assert ctx.call("set_vm_metadata", vm, {**tags, "deployment": "d"}).ok() is None
+        from boshcpi.drivers.libvirt import domain as dom_xml
+        from boshcpi.drivers.libvirt import xmltree
+
+        meta = xmltree.fromstring(
+            ctx.conn.lookupByName(vm).metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, dom_xml.NS, 0)
+        )
+        read_back = {t.get("name", ""): t.text or "" for t in meta if t.tag == "tag"}
+        want = {**tags, "ctl": "a\ufffdb", "deployment": "d"}
+        assert {k: read_back.get(k) for k in want} == want, read_back
 
         disk = ctx.call("create_disk", 32, {}, vm).ok()
         hint = ctx.call("attach_disk", vm, disk).ok()

@@ -153,3 +153,57 @@ def test_cleanup_over_tcp_judges_age_by_libvirtds_clock(tmp_path, libvirt_pool, 
         if name in pool.listVolumes():
             vol.delete(0)
         conn.close()
+
+
+@pytest.mark.parametrize("transport", ["unix", "tls"])
+def test_a_call_libvirtd_runs_longer_than_many_keepalive_intervals_succeeds(tmp_path, libvirt_pool, pki, transport):
+    """storageVolCreateXMLFrom copies the whole volume before libvirtd replies (storage_driver.c): with
+    a keepalive interval of 50 ms the copy spans dozens of them, the client PINGs, libvirtd answers
+    while it copies, and the call returns the clone, whole. (With a fixed socket timeout it failed as
+    "connection lost: timed out", and the director's retry started a second copy.)"""
+    from boshcpi.drivers.libvirt import remote, rpc
+
+    uri = "qemu:///system" if transport == "unix" else f"qemu+tls://{LISTEN}/system"
+    tls = _tls(pki) if transport == "tls" else {}
+    conn = remote.open(
+        uri,
+        client_cert=tls.get("tls_client_cert", ""),
+        client_key=tls.get("tls_client_key", ""),
+        ca_cert=tls.get("tls_ca_cert", ""),
+    )
+    pool = conn.storagePoolLookupByName(libvirt_pool)
+    src = pool.createXML(
+        "<volume><name>keepalive-src</name><capacity unit='MiB'>400</capacity>"
+        "<target><format type='raw'/></target></volume>",
+        0,
+    )
+    try:
+        subprocess.run(
+            ["dd", "if=/dev/urandom", f"of={src.path()}", "bs=1M", "count=400", "conv=notrunc"],
+            check=True,
+            capture_output=True,
+        )
+        conn.client.keepalive_interval = 0.05
+        conn.client.sock.settimeout(0.05)
+        sent = []
+        real_send = conn.client._send
+
+        def counting_send(proc, kind, serial, status, payload=b"", prog=rpc.REMOTE_PROGRAM):
+            if prog == rpc.KEEPALIVE_PROGRAM:
+                sent.append(proc)
+            return real_send(proc, kind, serial, status, payload, prog)
+
+        conn.client._send = counting_send
+        clone = pool.createXMLFrom(
+            "<volume><name>keepalive-clone</name><capacity unit='MiB'>400</capacity>"
+            "<target><format type='raw'/></target></volume>",
+            src,
+            0,
+        )
+        assert sent.count(rpc.KEEPALIVE_PING) >= 3, f"the copy ended within {len(sent)} keepalive intervals"
+        digest = subprocess.run(["cmp", src.path(), clone.path()], capture_output=True)
+        assert digest.returncode == 0, "the clone is not the volume"
+        clone.delete(0)
+    finally:
+        src.delete(0)
+        conn.close()

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from boshcpi import config
+from boshcpi import config, lease
 from boshcpi.agent import configdisk
 from boshcpi.cloud import VMSpec
 from boshcpi.dispatch import build_networks
@@ -76,6 +76,9 @@ class RecordingDaemon:
 
     def answer(self, status, payload, wait):
         return {}
+
+    def daemon_time(self):
+        return None  # as a client before its first answer: the CPI uses its own clock then
 
     def close(self):
         pass
@@ -214,7 +217,10 @@ def test_vm_request(kind, os_line, boot, daemon):
     # Started last; then the `creating` mark goes: the VM is the director's once create_vm answers.
     assert sent[-2][:2] == ("PUT", f"/1.0/instances/{vm_cid}/state")
     assert sent[-1] == ("PATCH", f"/1.0/instances/{vm_cid}", {"config": {"user.bosh.creating": ""}})
-    assert cfg["user.bosh.creating"].isdigit()
+    # The mark names when and which process (boshcpi.lease.identity): the reclaim of a retry never takes
+    # a live call's attempt.
+    when, who = cfg["user.bosh.creating"].split()
+    assert when.isdigit() and who == lease.identity()
 
 
 def test_go_dhcp_assignment_pins_the_address_and_tells_the_agent_dynamic():

@@ -52,3 +52,15 @@ def test_escaping_round_trips():
     doc = f"<t a={xmltree.quoteattr(text)}>{xmltree.escape(text)}</t>"
     el = xmltree.fromstring(doc)
     assert el.get("a") == text and el.text == text
+
+
+def test_escaped_text_and_attributes_read_back_as_written():
+    """XML 1.0: C0 controls (but tab, newline, CR) cannot appear at all, not even as references
+    (section 2.2): they become U+FFFD; a parser turns CR and CR LF in content into LF (2.11), and tab,
+    newline and CR in an attribute value into spaces (3.3.3): references keep them."""
+    value = "a\x01b\tc\rd\r\ne\nf<&>\"'\ud800\ufffe\x7f"
+    doc = xmltree.fromstring(f"<r a={xmltree.quoteattr(value)}>{xmltree.escape(value)}</r>")
+    want = value.replace("\x01", "\ufffd").replace("\ud800", "\ufffd").replace("\ufffe", "\ufffd")
+    assert doc.get("a") == want
+    assert doc.text == want
+    assert xmltree.escape("plain text") == "plain text"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from boshcpi import ids, log
+from boshcpi import ids, lease, log
 from boshcpi.drivers.libvirt import locks, naming, xmltree
 from boshcpi.drivers.libvirt.host import PROBE_PREFIX, LibvirtHost, mtime
 from boshcpi.report import Orphan
@@ -74,10 +74,10 @@ class Cleaner:
                 if age is not None and age >= max(older_than, 600):
                     found.append(Orphan("clock-probe", vol_name, age, "a clock probe, left by a killed call"))
                 continue
-            if vol_name.startswith(locks.PREFIX):
+            if locks.is_lock(vol_name):  # an earlier release's lock: a 0-byte volume
                 age = self._age(pool.storageVolLookupByName(vol_name), now)
                 if age is not None and age > max(older_than, locks.TTL):
-                    found.append(Orphan("lock", vol_name, age, "an expired lock, left by a killed call"))
+                    found.append(Orphan("lock", vol_name, age, "an expired lock volume (an earlier release's)"))
                 continue
             owner = naming.volume_owner(vol_name)
             if owner is None or naming.is_disk_cid(vol_name):
@@ -92,6 +92,9 @@ class Cleaner:
             if kind != "config-volume" and owner in domains:
                 continue
             found.append(Orphan(kind, vol_name, age, f"no domain uses it (VM {owner})"))
+        store = locks.SecretStore(self.host)
+        records = {name: got for name in store.names() if (got := store.read(name)) is not None}
+        found += [Orphan("lock", name, age, why) for name, why, age in lease.leftovers(records)]
         return found
 
     def remove(self, orphan: Orphan) -> None:
@@ -103,9 +106,13 @@ class Cleaner:
                 cloud.host = self.host
                 cloud.delete_vm(orphan.name)
             elif orphan.kind == "lock":
-                age = self.host.volume_age(orphan.name)
-                if age is not None and age > locks.TTL:  # still the expired one
-                    self.host.delete_volume(orphan.name)
+                store = locks.SecretStore(self.host)
+                if store.read(orphan.name) is not None:
+                    lease.remove_leftover(store, orphan.name)
+                else:  # an earlier release's lock volume
+                    age = self.host.volume_age(orphan.name)
+                    if age is not None and age > locks.TTL:  # still the expired one
+                        self.host.delete_volume(orphan.name)
             else:
                 # Found a moment ago; a create_vm or attach may have taken it up since.
                 vol = self.host.volume(orphan.name)

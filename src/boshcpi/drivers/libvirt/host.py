@@ -177,9 +177,7 @@ class LibvirtHost:
         client = self.conn.client
         stream = self.conn.newStream(0)
         vol.download(stream, 0, size, 0)
-        sock = getattr(client.sock, "raw", client.sock)  # a TLS connection (transport.TLSSocket) wraps one
-        old_timeout = sock.gettimeout()
-        sock.settimeout(DOWNLOAD_STALL)
+        client.stall, client.last_message = DOWNLOAD_STALL, time.monotonic()
         try:
             out = bytearray()
             while True:
@@ -189,15 +187,14 @@ class LibvirtHost:
                 out += data
             stream.finish()
         finally:
-            if client.sock is not None:  # not closed by a lost connection
-                sock.settimeout(old_timeout)
+            client.stall = None
         return bytes(out)
 
     def lock(self, key: str, action: str) -> Any:
         """libvirtd-held lock of a VM cid (locks.py), for a read-modify-write of the domain."""
-        from boshcpi.drivers.libvirt.locks import VolumeLock
+        from boshcpi.drivers.libvirt import locks
 
-        return VolumeLock(self, key, action, 600.0)
+        return locks.lock(self, key, action, 600.0)
 
     def clock(self) -> float | None:
         """libvirtd's clock: this machine's where libvirtd is local, else the timestamp of a probe

@@ -76,6 +76,13 @@ P_DOMAIN_GET_METADATA = 265
 P_CONNECT_LIST_ALL_DOMAINS = 273
 P_STORAGE_POOL_LIST_ALL_VOLUMES = 282
 P_CONNECT_GET_DOMAIN_CAPABILITIES = 342
+P_SECRET_DEFINE_XML = 142
+P_SECRET_GET_XML_DESC = 143
+P_SECRET_UNDEFINE = 146
+P_SECRET_LOOKUP_BY_USAGE = 147
+P_CONNECT_LIST_ALL_SECRETS = 287
+VIR_SECRET_USAGE_TYPE_CEPH = 2  # a usage named by a free string (virsecret.h)
+VIR_ERR_NO_SECRET = 66
 
 
 def open(uri: str, *, client_cert: str = "", client_key: str = "", ca_cert: str = "") -> Connection:
@@ -132,6 +139,46 @@ class Connection:
 
     def newStream(self, flags: int = 0) -> Stream:
         return Stream(self.client)
+
+    # ---- secrets -----------------------------------------------------------------------------
+    def secretDefineXML(self, xml: str, flags: int = 0) -> Secret:
+        return Secret(self, self._call(P_SECRET_DEFINE_XML, Packer().string(xml).uint(flags)))
+
+    def secretLookupByUsage(self, usage_type: int, usage_id: str) -> Secret:
+        return Secret(self, self._call(P_SECRET_LOOKUP_BY_USAGE, Packer().int(usage_type).string(usage_id)))
+
+    def listAllSecrets(self, flags: int = 0) -> list[Secret]:
+        u = self._call(P_CONNECT_LIST_ALL_SECRETS, Packer().int(1).uint(flags))
+        return u.array(lambda: Secret(self, u))
+
+
+class Secret:
+    """remote_nonnull_secret: uuid, usage type, usage id."""
+
+    __slots__ = ("conn", "usage_id", "usage_type", "uuid")
+
+    def __init__(self, conn: Connection, u: Unpacker) -> None:
+        self.conn = conn
+        self.uuid = u.fixed(16)
+        self.usage_type = u.int()
+        self.usage_id = u.string()
+
+    def _ref(self) -> Packer:
+        return Packer().fixed(self.uuid).int(self.usage_type).string(self.usage_id)
+
+    def usageID(self) -> str:
+        return self.usage_id
+
+    def UUIDString(self) -> str:
+        h = self.uuid.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def XMLDesc(self, flags: int = 0) -> str:
+        return self.conn._call(P_SECRET_GET_XML_DESC, self._ref().uint(flags)).string()
+
+    def undefine(self) -> int:
+        self.conn._call(P_SECRET_UNDEFINE, self._ref())
+        return 0
 
 
 class Domain:

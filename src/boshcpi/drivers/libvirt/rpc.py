@@ -12,8 +12,27 @@ sends no per-packet acknowledgement (`src/rpc/virnetclientstream.c`).
 
 from __future__ import annotations
 
+import time
+
 from boshcpi import transport
-from boshcpi.drivers.libvirt.xdr import Packer, Unpacker, XDRError
+from boshcpi.drivers.libvirt.errors import (  # noqa: F401 - the codes callers read as rpc.ERR_*
+    ERR_AUTH_FAILED,
+    ERR_INTERNAL_ERROR,
+    ERR_NO_CONNECT,
+    ERR_NO_DOMAIN,
+    ERR_NO_DOMAIN_METADATA,
+    ERR_NO_NETWORK,
+    ERR_NO_STORAGE_POOL,
+    ERR_NO_STORAGE_VOL,
+    ERR_NO_SUPPORT,
+    ERR_OPERATION_FAILED,
+    ERR_OPERATION_INVALID,
+    ERR_RPC,
+    ERR_SYSTEM_ERROR,
+    LibvirtError,
+    XDRError,
+)
+from boshcpi.drivers.libvirt.xdr import Packer, Unpacker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,6 +46,17 @@ CALL, REPLY, MESSAGE, STREAM = 0, 1, 2, 3
 STREAM_HOLE = 6
 OK, ERROR, CONTINUE = 0, 1, 2
 
+# virkeepaliveprotocol.x: the keepalive program. A PING (or PONG) is a MESSAGE with serial 0, status 0
+# and no payload (virkeepalive.c virKeepAliveMessage); libvirtd answers every client's PING with a
+# PONG, negotiated or not (virnetserverclient.c runs virKeepAliveCheckMessage on every message).
+KEEPALIVE_PROGRAM = 0x6B656570
+KEEPALIVE_PING, KEEPALIVE_PONG = 1, 2
+# libvirtd.conf's defaults (keepalive_interval, keepalive_count): a peer silent for interval x (count
+# + 1) seconds, its PINGs unanswered, is gone.
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_COUNT = 5
+SEND_TIMEOUT = transport.CONNECT_TIMEOUT  # a send that makes no progress for this long: the peer is gone
+
 # virnetprotocol.x: VIR_NET_MESSAGE_MAX, and the largest stream payload every daemon takes
 # (VIR_NET_MESSAGE_LEGACY_PAYLOAD_MAX; newer ones take more, older ones refuse more).
 MESSAGE_MAX = 32 * 1024 * 1024
@@ -38,40 +68,6 @@ PROC_AUTH_LIST = 66
 PROC_AUTH_POLKIT = 70
 PROC_CONNECT_OPEN = 1
 PROC_CONNECT_CLOSE = 2
-
-# virErrorNumber (include/libvirt/virterror.h): the codes the driver tells apart
-ERR_INTERNAL_ERROR = 1
-ERR_NO_SUPPORT = 3
-ERR_NO_CONNECT = 5
-ERR_OPERATION_FAILED = 9
-ERR_SYSTEM_ERROR = 38
-ERR_RPC = 39
-ERR_NO_DOMAIN = 42
-ERR_NO_NETWORK = 43
-ERR_AUTH_FAILED = 45
-ERR_NO_STORAGE_POOL = 49
-ERR_NO_STORAGE_VOL = 50
-ERR_OPERATION_INVALID = 55
-ERR_NO_DOMAIN_METADATA = 80
-
-
-class LibvirtError(Exception):
-    """libvirtd answered with an error, or could not be reached (`code` ERR_RPC / ERR_NO_CONNECT).
-    `permanent`: a certificate or an authentication that a retry will not change."""
-
-    def __init__(self, code: int, message: str, domain: int = 0, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.domain = domain
-        self.message = message
-        self.permanent = permanent
-
-    # libvirt-python's names, which the driver's error mapping reads.
-    def get_error_code(self) -> int:
-        return self.code
-
-    def get_error_message(self) -> str:
-        return self.message
 
 
 def read_error(u: Unpacker) -> LibvirtError:
@@ -99,9 +95,7 @@ class Target:
         if not self.transport:
             self.transport = "tls" if authority else "unix"
         if self.transport == "unix":
-            self.socket = params.get("socket") or (
-                "/var/run/libvirt/libvirt-sock" if path == "system" else "/var/run/libvirt/virtqemud-sock"
-            )
+            self.socket = params.get("socket") or unix_socket(driver, path, params.get("mode", "auto"))
         elif self.transport in ("tcp", "tls"):
             if not authority:
                 raise LibvirtError(ERR_NO_CONNECT, f"{uri}: a {self.transport} URI needs a host", permanent=True)
@@ -120,8 +114,41 @@ class Target:
         self.name = f"{driver}:///{path}"
 
 
+def unix_socket(driver: str, path: str, mode: str = "auto") -> str:
+    """The socket libvirt's own client opens for `<driver>:///<path>` (src/remote/remote_sockets.c
+    remoteGetUNIXSocket): the driver's own daemon (`virtqemud-sock`, the modular daemons) where its
+    socket exists, else the monolithic libvirtd's (`libvirt-sock`) where that exists, else the
+    modular one; `?mode=legacy|direct` picks one. `/session` as an ordinary user is that user's runtime
+    folder ($XDG_RUNTIME_DIR/libvirt, else ~/.cache/libvirt: virGetUserRuntimeDirectory); as root,
+    and for `/system`, /var/run/libvirt (remoteGetURIDaemonInfo)."""
+    import os
+
+    if path == "session" and os.geteuid() > 0:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        folder = f"{runtime}/libvirt" if runtime else os.path.expanduser("~/.cache/libvirt")
+    else:
+        folder = "/var/run/libvirt"
+    direct, legacy = f"{folder}/virt{driver}d-sock", f"{folder}/libvirt-sock"
+    if mode == "direct":
+        return direct
+    if mode == "legacy":
+        return legacy
+    if os.path.exists(direct):
+        return direct
+    return legacy if os.path.exists(legacy) else direct
+
+
 class Client:
-    """One connection to libvirtd, one call at a time (a CPI process is single-threaded)."""
+    """One connection to libvirtd, one call at a time (a CPI process is single-threaded).
+
+    A call waits for its reply as long as libvirtd takes: some run their whole work before they
+    answer (STORAGE_VOL_CREATE_XML_FROM copies the volume first, storage_driver.c
+    storageVolCreateXMLFrom). While it waits, each `keepalive_interval` of silence sends a keepalive
+    PING; libvirtd answers it even while the call runs, so a peer that stays silent through
+    `keepalive_count` PINGs (a dead daemon, a lost network) ends the wait with a retryable error."""
+
+    keepalive_interval = KEEPALIVE_INTERVAL
+    keepalive_count = KEEPALIVE_COUNT
 
     def __init__(self, uri: str, *, client_cert: str = "", client_key: str = "", ca_cert: str = "") -> None:
         self.uri = uri
@@ -130,6 +157,10 @@ class Client:
         self.sock: Any = None
         self.serial = 0
         self.buf = bytearray()
+        # Seconds a stream may go without data before it is given up (a download; None: no limit), and
+        # when the last message of the remote program came (monotonic).
+        self.stall: float | None = None
+        self.last_message = 0.0
 
     # ---- connection ------------------------------------------------------------------------
     def open(self) -> None:
@@ -173,6 +204,7 @@ class Client:
                     permanent=True,
                 ) from None
             raise LibvirtError(ERR_NO_CONNECT, f"cannot connect to {self.uri}: {e}") from None
+        self.sock.settimeout(self.keepalive_interval)
         self._authenticate()
         self.call(PROC_CONNECT_OPEN, Packer().optional_string(self.target.name).uint(0))
 
@@ -210,11 +242,19 @@ class Client:
         self.close()
 
     # ---- messages ----------------------------------------------------------------------------
-    def _send(self, proc: int, kind: int, serial: int, status: int, payload: bytes | memoryview = b"") -> None:
+    def _send(
+        self,
+        proc: int,
+        kind: int,
+        serial: int,
+        status: int,
+        payload: bytes | memoryview = b"",
+        prog: int = REMOTE_PROGRAM,
+    ) -> None:
         n = 28 + len(payload)
         head = (
             n.to_bytes(4, "big")
-            + REMOTE_PROGRAM.to_bytes(4, "big")
+            + prog.to_bytes(4, "big")
             + REMOTE_PROTOCOL_VERSION.to_bytes(4, "big")
             + proc.to_bytes(4, "big")
             + kind.to_bytes(4, "big")
@@ -224,23 +264,41 @@ class Client:
         if self.sock is None:
             raise LibvirtError(ERR_RPC, f"{self.uri}: not connected (the connection was lost)")
         try:
+            self.sock.settimeout(SEND_TIMEOUT)
             self.sock.sendall(head + payload if len(payload) <= STREAM_PAYLOAD else head)
             if len(payload) > STREAM_PAYLOAD:
                 self.sock.sendall(payload)
+            self.sock.settimeout(self.keepalive_interval)
         except OSError as e:
             self.close()
             raise LibvirtError(ERR_RPC, f"{self.uri}: connection lost while sending: {e}") from None
 
     def _fill(self, n: int) -> None:
+        unanswered = 0
         while len(self.buf) < n:
             try:
                 chunk = self.sock.recv(max(65536, n - len(self.buf)))
+            except TimeoutError:
+                if self.stall is not None and time.monotonic() - self.last_message > self.stall:
+                    self.close()
+                    raise LibvirtError(ERR_RPC, f"{self.uri}: the stream sent nothing for {self.stall:.0f}s") from None
+                unanswered += 1
+                if unanswered > self.keepalive_count:
+                    self.close()
+                    raise LibvirtError(
+                        ERR_RPC,
+                        f"{self.uri}: libvirtd answered nothing, keepalive PINGs included, for "
+                        f"{self.keepalive_interval * unanswered:.0f}s",
+                    ) from None
+                self._send(KEEPALIVE_PING, MESSAGE, 0, OK, prog=KEEPALIVE_PROGRAM)
+                continue
             except OSError as e:
                 self.close()
                 raise LibvirtError(ERR_RPC, f"{self.uri}: connection lost: {e}") from None
             if not chunk:
                 self.close()
                 raise LibvirtError(ERR_RPC, f"{self.uri}: libvirtd closed the connection")
+            unanswered = 0
             self.buf += chunk
 
     def _receive(self) -> tuple[int, int, int, int, bytes]:
@@ -257,8 +315,11 @@ class Client:
         del self.buf[:n]
         prog = int.from_bytes(msg[4:8], "big")
         proc, kind, serial, status = (int.from_bytes(msg[i : i + 4], "big") for i in (12, 16, 20, 24))
+        if prog == KEEPALIVE_PROGRAM and kind == MESSAGE and proc == KEEPALIVE_PING:
+            self._send(KEEPALIVE_PONG, MESSAGE, 0, OK, prog=KEEPALIVE_PROGRAM)
         if prog != REMOTE_PROGRAM:
-            return proc, -1, serial, status, b""  # keepalive or another program: not ours
+            return proc, -1, serial, status, b""  # keepalive or another program: not a reply
+        self.last_message = time.monotonic()
         return proc, kind, serial, status, msg[28:]
 
     def _await(self, serial: int, kinds: tuple[int, ...]) -> tuple[int, int, bytes]:
@@ -298,7 +359,8 @@ class Client:
             view = view[STREAM_PAYLOAD:]
 
     def stream_recv(self, serial: int) -> bytes:
-        """The next data of a download; b"" at its end. A hole (sparse streams) is not asked for."""
+        """The next data of a download; b"" at its end. A hole (sparse streams) is not asked for.
+        With `stall` set, a download that sends nothing for that long fails (the connection closed)."""
         _, status, payload = self._await(serial, (STREAM, STREAM_HOLE))
         self._raise_for(status, payload)
         return payload if status == CONTINUE else b""

@@ -4,18 +4,17 @@ and counted arrays. Everything is big-endian and padded to 4 bytes."""
 
 from __future__ import annotations
 
+from boshcpi.drivers.libvirt.errors import XDRError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-# remote_protocol.x: REMOTE_STRING_MAX; longer strings are a broken or hostile message.
-STRING_MAX = 1048576
+# remote_protocol.x: REMOTE_STRING_MAX (4 MiB, as virnetprotocol.x VIR_NET_MESSAGE_STRING_MAX); longer
+# strings are a broken or hostile message.
+STRING_MAX = 4194304
 LIST_MAX = 65536
-
-
-class XDRError(ValueError):
-    """A message that does not decode as the protocol says."""
 
 
 class Packer:

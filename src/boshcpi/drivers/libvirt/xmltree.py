@@ -93,11 +93,30 @@ def fromstring(text: str | bytes) -> Element:
     return root[0]
 
 
+# Characters XML 1.0 does not allow at all, not even as character references (section 2.2, Char):
+# the C0 controls but tab, newline and carriage return, the surrogates, U+FFFE and U+FFFF. libxml2
+# refuses a whole document with one of them; each becomes U+FFFD, the replacement character.
+_BAD_RANGES = ((0x00, 0x09), (0x0B, 0x0D), (0x0E, 0x20), (0xD800, 0xE000), (0xFFFE, 0x10000))
+
+
+def _fit(text: str) -> str:
+    if text.isascii() and (text.isprintable() or not any(ord(c) < 0x20 and c not in "\t\n\r" for c in text)):
+        return text
+    return "".join("\ufffd" if any(lo <= ord(c) < hi for lo, hi in _BAD_RANGES) else c for c in text)
+
+
+# What a parser would normalise away and must therefore be written as a reference to read back as
+# written: a CR in content (end-of-line handling, section 2.11), and tab, newline and CR in an
+# attribute value (attribute-value normalisation, section 3.3.3).
+_CONTENT = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord("\r"): "&#13;"}
+_ATTRIBUTE = {**_CONTENT, ord('"'): "&quot;", ord("\n"): "&#10;", ord("\t"): "&#9;"}
+
+
 def escape(text: str) -> str:
-    """Text for an element's content."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text for an element's content, read back as written (characters XML cannot hold: U+FFFD)."""
+    return _fit(text).translate(_CONTENT)
 
 
 def quoteattr(text: str) -> str:
-    """An attribute value with its quotes."""
-    return '"' + escape(text).replace('"', "&quot;").replace("\n", "&#10;").replace("\r", "&#13;") + '"'
+    """An attribute value with its quotes, read back as written (characters XML cannot hold: U+FFFD)."""
+    return '"' + _fit(text).translate(_ATTRIBUTE) + '"'

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from boshcpi import ids
+from boshcpi import ids, lease
 from boshcpi.drivers.lxd import locks, naming, settingsio
 from boshcpi.drivers.lxd.client import LXDError, quote
 from boshcpi.drivers.lxd.host import META, LXDHost, instance_path, volume_path, volumes_path
@@ -65,12 +65,14 @@ class Cleaner:
         def old_enough(age: float | None) -> bool:
             return age is None or age >= older_than
 
+        now = client.daemon_time() or time.time()
         for inst in instances:
             cfg = inst.get("config") or {}
             if not ids.is_vm_cid(inst["name"]) or cfg.get(META + "created_by") != "boshcpi":
                 continue
-            age = _age_from_epoch(cfg.get(META + naming.CREATING_KEY)) or _age_from_iso(inst.get("created_at"))
-            if naming.interrupted(inst) and old_enough(age):
+            mark = str(cfg.get(META + naming.CREATING_KEY) or "")
+            age = _age_from_epoch(naming.mark_time(mark)) if mark else _age_from_iso(inst.get("created_at"))
+            if naming.interrupted(inst, now, 3 * self.host.cfg.operation_timeout) and old_enough(age):
                 reason = "an interrupted create_vm's instance (create_vm never answered)"
                 found.append(Orphan("instance", inst["name"], age, reason, inst.get("location", "")))
         vols = client.get(volumes_path(pool), params={"recursion": 1}) or []
@@ -115,13 +117,21 @@ class Cleaner:
             if old_enough(age):
                 what = props.get("bosh.stemcell.name") or props.get("description") or "?"
                 found.append(Orphan("image", img["fingerprint"], age, f"stemcell {what} deleted; no VM uses it"))
-        for profile in client.get("/1.0/profiles", params={"recursion": 1}) or []:
-            name, description = str(profile.get("name", "")), str(profile.get("description", ""))
-            holder = locks.holder_of(description)
-            if name.startswith(locks.PREFIX) and holder is not None and locks.is_stale(description):
-                age = max(0.0, time.time() - (holder[2] - locks.TTL))
-                found.append(Orphan("lock", name, age, f"an expired lock (held by {holder[0]} pid {holder[1]})"))
+        found += self._locks()
         return found
+
+    def _locks(self) -> list[Orphan]:
+        """Stale lock gates (boshcpi.lease: a killed holder's), and claims a killed taker left or
+        whose gate is gone. Their age is the daemon's clock against the time their record was written."""
+        client = self.host.client
+        profiles = client.get("/1.0/profiles", params={"recursion": 1}) or []
+        now = client.daemon_time()
+        records = {
+            str(p.get("name", "")): (str(p.get("description", "")), now)
+            for p in profiles
+            if locks.is_lock(str(p.get("name", "")))
+        }
+        return [Orphan("lock", name, age, why) for name, why, age in lease.leftovers(records)]
 
     def remove(self, orphan: Orphan) -> None:
         host, client = self.host, self.host.client
@@ -145,10 +155,7 @@ class Cleaner:
             elif orphan.kind == "image":
                 client.delete(f"/1.0/images/{quote(orphan.name, '')}")
             elif orphan.kind == "lock":
-                path = f"/1.0/profiles/{quote(orphan.name, '')}"
-                current = client.get(path) or {}
-                if locks.is_stale(str(current.get("description", ""))):  # still the expired one
-                    client.delete(path)
+                lease.remove_leftover(locks.ProfileStore(client), orphan.name)
             orphan.removed = True
         except LXDError as e:
             orphan.error = e.message

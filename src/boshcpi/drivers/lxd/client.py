@@ -29,6 +29,30 @@ def urlencode(params: dict[str, Any]) -> str:
     return "&".join(f"{quote(str(k), '')}={quote(str(v), '')}" for k, v in params.items())
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(text: str) -> float | None:
+    """An HTTP `Date` (RFC 9110 IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`) as seconds since the
+    epoch, without `email.utils`/`calendar` (imports a call should not pay for)."""
+    parts = text.replace(":", " ").split()
+    if len(parts) != 8 or parts[7] != "GMT" or parts[2] not in _MONTHS:
+        return None
+    try:
+        day, year, hh, mm, ss = int(parts[1]), int(parts[3]), int(parts[4]), int(parts[5]), int(parts[6])
+    except ValueError:
+        return None
+    # Days from the civil date (Howard Hinnant's algorithm).
+    m = _MONTHS.index(parts[2]) + 1
+    y = year - (m <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    return float(days * 86400 + hh * 3600 + mm * 60 + ss)
+
+
 class LXDError(Exception):
     """The daemon answered with an error (or could not be reached: status 0)."""
 
@@ -181,6 +205,8 @@ class LXDClient:
         self._tls = (client_cert, client_key, server_cert, insecure)
         self._conn: _Connection | None = None
         self._server: dict[str, Any] | None = None
+        # The daemon's clock: the `Date` of the last answer and when it came (monotonic).
+        self.last_date: tuple[str, float] | None = None
 
     # ---- connection ------------------------------------------------------------------------
     def _connect(self) -> _Connection:
@@ -224,6 +250,14 @@ class LXDClient:
     def has_extension(self, name: str) -> bool:
         return name in (self.server.get("api_extensions") or [])
 
+    def daemon_time(self) -> float | None:
+        """The daemon's clock now (seconds since the epoch), from the `Date` of its last answer and
+        the time since on this process's monotonic clock; None before any answer."""
+        if self.last_date is None:
+            return None
+        when = http_date(self.last_date[0])
+        return None if when is None else when + (time.monotonic() - self.last_date[1])
+
     # ---- raw requests ----------------------------------------------------------------------
     def _path(self, path: str, params: dict[str, Any] | None, project: bool) -> str:
         query = dict(params or {})
@@ -249,7 +283,11 @@ class LXDClient:
             reused = self._conn is not None and not self._conn.closed
             try:
                 conn = self._connect()
-                return conn.request(method, full, hdrs, body, length)
+                answer = conn.request(method, full, hdrs, body, length)
+                date = answer[1].get("date")
+                if date:
+                    self.last_date = (date, time.monotonic())
+                return answer
             except OSError as e:  # ConnectionError, timeouts, ssl.SSLError are all OSError
                 self.close()
                 if transport.verify_failed(e):

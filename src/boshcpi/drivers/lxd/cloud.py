@@ -8,12 +8,14 @@ layout.
 
 from __future__ import annotations
 
+import time
+
 from boshcpi import ids, log
 from boshcpi.cloud import Cloud, parse_vm_size
 from boshcpi.drivers.lxd import STEMCELL_FORMATS, naming
 from boshcpi.drivers.lxd.client import LXDError, quote
 from boshcpi.drivers.lxd.errors import mapped, to_bosh
-from boshcpi.drivers.lxd.host import META, LXDHost, as_str, instance_path, now
+from boshcpi.drivers.lxd.host import META, LXDHost, as_str, instance_path
 from boshcpi.protocol import BoshError, CloudError, CpiError, VMCreationFailed, VMNotFound
 
 # Modules only some methods need are imported there: has_vm and info load as little as possible.
@@ -234,7 +236,7 @@ class LXDCloud(Cloud):
                 META + "created_by": "boshcpi",
                 # Until create_vm answers, the instance is an attempt, not the director's VM: a killed
                 # create_vm leaves it marked, and the retry for its address and `cleanup` reclaim it.
-                META + naming.CREATING_KEY: now(),
+                META + naming.CREATING_KEY: naming.creating_mark(self.client.daemon_time() or time.time()),
             }
         )
         return config
@@ -469,9 +471,12 @@ class LXDCloud(Cloud):
                 self.client.request("PUT", instance_path(vm_cid) + "/state", {"action": "start", "timeout": 60})
 
     def _reclaim_addresses(self, vm_cid: str, devices: dict[str, Any]) -> bool:
-        """Delete interrupted create_vm attempts (boshcpi instances still marked `creating`, running or
-        not, or never started) that hold one of this VM's NIC addresses: the director's retry of a
-        killed create_vm asks for the same address, and only one VM may have it."""
+        """Delete interrupted create_vm attempts (naming.interrupted: boshcpi instances still marked
+        `creating` by a process that is gone) that hold one of this VM's NIC addresses: the director's
+        retry of a killed create_vm asks for the same address, and only one VM may have it. An
+        attempt the daemon is still starting or stopping is waited for first (its operations end,
+        within operation_timeout; past that the answer is retryable). A live concurrent call's
+        instance is never taken."""
         wanted = {
             (d.get("network") or d.get("parent"), d.get("ipv4.address"))
             for d in devices.values()
@@ -480,13 +485,14 @@ class LXDCloud(Cloud):
         if not wanted:
             return False
         reclaimed = False
+        now = self.client.daemon_time() or time.time()
         for other in self.client.get("/1.0/instances", params={"recursion": 1}) or []:
             cfg = other.get("config") or {}
             if (
                 other["name"] == vm_cid
                 or not ids.is_vm_cid(other["name"])
                 or cfg.get(META + "created_by") != "boshcpi"
-                or not naming.interrupted(other)
+                or not naming.interrupted(other, now, self.creating_bound)
             ):
                 continue
             held = {
@@ -496,9 +502,61 @@ class LXDCloud(Cloud):
             }
             if held & wanted:
                 log.warn(f"reclaiming the address(es) of {other['name']}: an interrupted create_vm's instance")
-                self.delete_owned(other["name"], other)
+                self.delete_settled(other["name"], other)
                 reclaimed = True
         return reclaimed
+
+    @property
+    def creating_bound(self) -> float:
+        """The longest a create_vm runs: its image copy, volume and start each wait up to
+        operation_timeout. A `creating` mark older than this is an interrupted attempt's, wherever
+        its process ran."""
+        return 3 * self.cfg.operation_timeout
+
+    def delete_settled(self, vm_cid: str, inst: dict[str, Any]) -> None:
+        """Delete an instance once the daemon's operations on it have ended (a killed create_vm's
+        start may still run: the daemon refuses a delete meanwhile, "Instance is busy running a
+        'start' operation", or on Incus "Instance is running"), within operation_timeout."""
+        deadline = time.monotonic() + self.cfg.operation_timeout
+        while True:
+            self._wait_operations(vm_cid, deadline)
+            try:
+                self.delete_owned(vm_cid, self.host.find_instance(vm_cid))
+                return
+            except LXDError as e:
+                msg = e.message.lower()
+                if "busy" not in msg and "is running" not in msg:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise CloudError(
+                        f"{vm_cid}: the daemon is still busy with it ({e.message}); retry", ok_to_retry=True
+                    ) from None
+                time.sleep(0.2)
+
+    def _wait_operations(self, vm_cid: str, deadline: float) -> None:
+        """Wait for the daemon's running operations on an instance (GET /1.0/operations: by status,
+        each naming the instances it works on, `/1.0/instances/<name>[?project=...]`)."""
+        ops = self.client.get("/1.0/operations", params={"recursion": 1}) or {}
+        groups = ops.values() if isinstance(ops, dict) else [ops]
+        path = f"/1.0/instances/{vm_cid}"
+        for op in (op for group in groups for op in group or []):
+            urls = (op.get("resources") or {}).get("instances") or []
+            if op.get("status") not in ("Running", "Pending") or not any(u.split("?")[0] == path for u in urls):
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CloudError(
+                    f"{vm_cid}: the daemon is still {op.get('description', 'busy')!r} with it; retry", ok_to_retry=True
+                )
+            log.info(f"waiting for the daemon's {op.get('description', 'operation')!r} on {vm_cid} to end")
+            try:
+                self.client.wait(op["id"], timeout=left)
+            except LXDError as e:
+                if "did not finish" in e.message:
+                    raise CloudError(
+                        f"{vm_cid}: the daemon is still busy with it ({e.message}); retry", ok_to_retry=True
+                    ) from None
+                # It failed or is gone: either way it no longer runs.
 
     def _placement(self, spec: VMSpec, config: dict[str, str]) -> str:
         """Cluster member or @group for a new VM. Precedence: the VM's cloud properties (the

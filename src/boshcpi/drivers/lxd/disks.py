@@ -47,12 +47,11 @@ def find(host: LXDHost, disk_cid: str) -> tuple[str, dict[str, Any]] | None:
     except LXDError as e:
         if "more than one" not in e.message.lower():
             raise
-        # Two volumes of this name on two members: an interrupted move (see _follow). Settle it.
-        settle_move(host, host.pool, disk_cid)
-        vol = host.find_volume(naming.disk_volume(disk_cid))
-    if vol is not None and (vol.get("config") or {}).get(MOVING_FROM):
-        settle_move(host, host.pool, disk_cid)
-        vol = host.find_volume(naming.disk_volume(disk_cid))
+        # Two volumes of this name on two members: a move between members (see _follow).
+        vol = settle_move(host, host.pool, disk_cid)
+    else:
+        if vol is not None and (vol.get("config") or {}).get(MOVING_FROM):
+            vol = settle_move(host, host.pool, disk_cid)
     if vol is not None:
         return _settled(host, host.pool, disk_cid, vol)
     for url in host.client.get("/1.0/storage-pools", project=False) or []:
@@ -349,6 +348,20 @@ def _follow(host: LXDHost, pool: str, vol: dict[str, Any], disk_cid: str, inst: 
             f"each member and this server cannot move custom volumes between members. Place the VM on {src} "
             f"(cloud property target), or use a remote pool (ceph)"
         )
+    # Under the disk's lock: a concurrent call that finds the copy leaves a running move alone
+    # (settle_move), and finishes or undoes only a killed one.
+    with host.lock(disk_cid, "attach_disk: move the disk"):
+        current = settle_move(host, pool, disk_cid, locked=True)
+        if current is None:
+            raise DiskNotFound(f"attach_disk: disk {disk_cid} not found")
+        if _where(current) == dst:
+            return current
+        return _copy_then_delete(host, pool, current, disk_cid, _where(current), dst)
+
+
+def _copy_then_delete(
+    host: LXDHost, pool: str, vol: dict[str, Any], disk_cid: str, src: str, dst: str
+) -> dict[str, Any]:
     name = naming.disk_volume(disk_cid)
     log.info(f"moving disk {disk_cid} from {src} to {dst}")
     config = {k: v for k, v in (vol.get("config") or {}).items() if k not in (MOVING_FROM, MOVE_COPIED)}
@@ -376,18 +389,43 @@ def _follow(host: LXDHost, pool: str, vol: dict[str, Any], disk_cid: str, inst: 
     return host.client.get(path, params={"target": dst})
 
 
-def settle_move(host: LXDHost, pool: str, disk_cid: str) -> None:
-    """Finish or undo a move a killed call left (see `_follow`): with the copy whole, the source goes
-    and the copy is the disk; with the copy unfinished, the copy goes and the source stays the disk."""
+def settle_move(host: LXDHost, pool: str, disk_cid: str, locked: bool = False) -> dict[str, Any] | None:
+    """The volume that is the disk now, with a move between members (see `_follow`) settled where
+    it was killed: with the copy whole, the source goes and the copy is the disk; with the copy
+    unfinished, the copy goes and the source stays the disk. Only under the disk's lock: a move
+    still running holds it, and is left alone (its source is the disk until it ends). `locked`: the
+    caller holds the lock already."""
     name = naming.disk_volume(disk_cid)
-    copies = [
-        v
-        for v in host.client.get(volumes_path(pool), params={"recursion": 1}) or []
-        if v.get("name") == name and v.get("type") == "custom"
-    ]
+
+    def volumes() -> list[dict[str, Any]]:
+        return [
+            v
+            for v in host.client.get(volumes_path(pool), params={"recursion": 1}) or []
+            if v.get("name") == name and v.get("type") == "custom"
+        ]
+
+    def the_disk(vols: list[dict[str, Any]]) -> dict[str, Any] | None:
+        moving = [v for v in vols if (v.get("config") or {}).get(MOVING_FROM)]
+        if not moving:
+            return vols[0] if vols else None
+        src = (moving[0].get("config") or {}).get(MOVING_FROM)
+        source = [v for v in vols if v is not moving[0] and _where(v) == src]
+        return source[0] if source else moving[0]
+
+    copies = volumes()
+    if not any((v.get("config") or {}).get(MOVING_FROM) for v in copies):
+        return copies[0] if len(copies) == 1 else the_disk(copies)
+    if not locked:
+        try:
+            lock = host.lock(disk_cid, "settle a disk's move between members", timeout=0)
+            lock.__enter__()
+        except CloudError:
+            return the_disk(copies)  # a move in progress
+        try:
+            return settle_move(host, pool, disk_cid, locked=True)
+        finally:
+            lock.__exit__(None, None, None)
     moving = [v for v in copies if (v.get("config") or {}).get(MOVING_FROM)]
-    if not moving:
-        return
     copy = moving[0]
     cfg = dict(copy.get("config") or {})
     src, dst = cfg.get(MOVING_FROM, ""), _where(copy)
@@ -404,6 +442,8 @@ def settle_move(host: LXDHost, pool: str, disk_cid: str) -> None:
     elif source_left:
         log.warn(f"disk {disk_cid}: undoing an interrupted move from {src} to {dst} (the copy was not finished)")
         host.client.request("DELETE", path, params={"target": dst})
+    left = volumes()
+    return left[0] if len(left) == 1 else the_disk(left)
 
 
 def detach(host: LXDHost, vm_cid: str, disk_cid: str) -> None:

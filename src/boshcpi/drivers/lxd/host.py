@@ -90,7 +90,8 @@ class LXDHost:
         from boshcpi.drivers.lxd import locks
 
         wait = self.cfg.operation_timeout if timeout is None else timeout
-        return locks.DaemonLock(self.client, key, action, wait, locks.TTL if ttl is None else ttl)
+        cfg = self.cfg
+        return locks.lock(self.client, key, action, wait, locks.TTL if ttl is None else ttl, lambda: connect(cfg))
 
     @property
     def server_type(self) -> str:

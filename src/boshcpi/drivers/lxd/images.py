@@ -73,7 +73,7 @@ def predeploy(host: LXDHost, fingerprint: str) -> None:
             "config": {
                 META + "created_by": "boshcpi",
                 META + "kind": PREDEPLOY_KIND,
-                META + naming.CREATING_KEY: str(int(time.time())),
+                META + naming.CREATING_KEY: naming.creating_mark(client.daemon_time() or time.time()),
             },
             "description": "boshcpi predeploy (throwaway)",
         }

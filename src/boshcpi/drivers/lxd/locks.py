@@ -1,116 +1,103 @@
 """Locks held in the daemon, for the read-modify-writes concurrent CPI calls must not interleave: a
-VM's devices and agent settings (attach_disk, detach_disk, set_vm_metadata) and a disk's config
-(resize_disk, set_disk_metadata). They hold across CPI processes and across hosts, since every
-director (or `create-env`) talking to one daemon sees the same locks.
+VM's devices and agent settings (attach_disk, detach_disk, set_vm_metadata) and a disk's config and
+moves (resize_disk, set_disk_metadata, update_disk, a move between cluster members). They hold across
+CPI processes and across hosts, since every director (or `create-env`) talking to one daemon sees the
+same locks. The protocol (one holder, renewal, takeover, release) is `boshcpi.lease`'s.
 
-An ETag alone is not enough: LXD and Incus check `If-Match` and then write, not atomically, so two
-requests carrying the same ETag can both succeed (seen: four concurrent set_disk_metadata calls with
-ETags, one tag lost). Creating an object under a fixed name is atomic (a unique key in the daemon's
-database: of ten concurrent creates exactly one succeeds), and the cheapest object to create is a
-profile (no storage): `boshcpi-lock-<cid>` in the CPI's project, its description naming the holder
-and when the lock expires. A killed holder's lock is taken over once it has expired, or at once
-where the holder ran on this machine and its process is gone. `cleanup` removes expired ones.
+The store: a profile `boshcpi-lock-<cid>` in the CPI's project, its description the lease record.
+Creating a profile is atomic (`UNIQUE (project_id, name)`, LXD `lxd/db/cluster/schema.go`, Incus
+the same: of ten concurrent creates exactly one succeeds), and the cheapest object to create (no
+storage). An ETag does not make a write conditional here: LXD and Incus check `If-Match` before
+and outside the transaction that writes (`lxd/profiles.go` profilePut), and ignore it on DELETE and
+rename. The daemon's clock is the `Date` header of its answers (Go's net/http sets it on each).
 """
 
 from __future__ import annotations
 
-import _socket
-import os
-import time
-
-from boshcpi import log
-from boshcpi.drivers.lxd.client import LXDError, quote
+from boshcpi import lease
+from boshcpi.drivers.lxd.client import LXDError, http_date, quote
 from boshcpi.protocol import CloudError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
 
     from boshcpi.drivers.lxd.client import LXDClient
 
 PREFIX = "boshcpi-lock-"
-TTL = 120.0  # seconds a lock is good for; the calls it guards take a few seconds
-MARK = "boshcpi lock"
+TTL = 120.0  # seconds a lock stays good without renewal; its holder renews it every third of that
 
 
 def name_of(key: str) -> str:
     return PREFIX + key
 
 
-def holder_of(description: str) -> tuple[str, int, float] | None:
-    """(host, pid, expiry) from a lock profile's description; None for anything else."""
-    parts = description.split()
-    if len(parts) != 5 or " ".join(parts[:2]) != MARK:
-        return None
-    try:
-        return parts[2], int(parts[3]), float(parts[4])
-    except ValueError:
-        return None
+def _path(name: str) -> str:
+    return f"/1.0/profiles/{quote(name, '')}"
 
 
-def is_stale(description: str, now: float | None = None) -> bool:
-    holder = holder_of(description)
-    if holder is None:
-        return False  # not ours to judge
-    host, pid, expiry = holder
-    if expiry < (now if now is not None else time.time()):
-        return True
-    if host == _socket.gethostname() and pid != os.getpid():
+class ProfileStore:
+    """Lease objects as profiles (boshcpi.lease.Store)."""
+
+    def __init__(self, client: LXDClient, connect: Callable[[], LXDClient] | None = None) -> None:
+        self.client = client
+        self.connect = connect
+
+    def create(self, name: str, record: str) -> bool:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True  # its holder, on this machine, is gone
-        except PermissionError:
-            pass
-    return False
-
-
-class DaemonLock:
-    """`with DaemonLock(client, key, action, timeout):` the read-modify-write of `key` runs alone."""
-
-    def __init__(self, client: LXDClient, key: str, action: str, timeout: float, ttl: float = TTL) -> None:
-        """`ttl`: how long the lock stays good should its holder die on another host (a holder on this
-        machine that is gone loses it at once); longer for a call that copies data."""
-        self.client, self.key, self.action, self.timeout, self.ttl = client, key, action, timeout, ttl
-        self.path = f"/1.0/profiles/{quote(name_of(key), '')}"
-        self.held = False
-
-    def __enter__(self) -> DaemonLock:
-        deadline = time.monotonic() + self.timeout
-        delay = 0.02
-        body: dict[str, Any] = {"name": name_of(self.key), "config": {}, "devices": {}}
-        while True:
-            body["description"] = f"{MARK} {_socket.gethostname()} {os.getpid()} {time.time() + self.ttl:.0f}"
-            try:
-                self.client.request("POST", "/1.0/profiles", body)
-                self.held = True
-                return self
-            except LXDError as e:
-                if "already exists" not in e.message.lower():
-                    raise CloudError(f"{self.action}: cannot lock {self.key}: {e.message}", ok_to_retry=True) from None
-            try:
-                current = self.client.get(self.path) or {}
-            except LXDError as e:
-                if e.not_found:
-                    continue  # released meanwhile
-                raise CloudError(f"{self.action}: cannot read the lock of {self.key}: {e.message}") from None
-            description = str(current.get("description", ""))
-            if is_stale(description):
-                log.warn(f"{self.action}: taking over the expired lock of {self.key} ({description})")
-                self.client.delete(self.path)
-                continue
-            if time.monotonic() >= deadline:
-                raise CloudError(
-                    f"{self.action}: {self.key} is busy with another CPI call ({description})", ok_to_retry=True
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.held:
-            return
-        self.held = False
-        try:
-            self.client.delete(self.path)
+            self.client.request(
+                "POST", "/1.0/profiles", {"name": name, "description": record, "config": {}, "devices": {}}
+            )
+            return True
         except LXDError as e:
-            log.warn(f"{self.action}: cannot release the lock of {self.key} ({e.message}); it expires in time")
+            if "already exists" in e.message.lower() or "already in use" in e.message.lower():
+                return False
+            raise CloudError(f"cannot create the lock {name}: {e.message}", ok_to_retry=True) from None
+
+    def read(self, name: str) -> tuple[str, float | None] | None:
+        status, headers, payload = self.client.raw("GET", _path(name))
+        if status == 404:
+            return None
+        try:
+            doc = self.client.answer(status, payload, True) or {}
+        except LXDError as e:
+            raise CloudError(f"cannot read the lock {name}: {e.message}", ok_to_retry=True) from None
+        date = headers.get("date")
+        return str(doc.get("description", "")), http_date(date) if date else None
+
+    def rewrite(self, name: str, record: str) -> None:
+        self.client.request("PUT", _path(name), {"description": record, "config": {}, "devices": {}})
+
+    def delete(self, name: str) -> bool:
+        return self.client.delete(_path(name))
+
+    def daemon_time(self) -> float | None:
+        return self.client.daemon_time()
+
+    def fork(self) -> ProfileStore:
+        if self.connect is None:
+            raise RuntimeError("no connection to renew the lock on")
+        return ProfileStore(self.connect(), self.connect)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def lock(client: LXDClient, key: str, action: str, timeout: float, ttl: float = TTL,
+         connect: Callable[[], LXDClient] | None = None) -> lease.Lease:  # fmt: skip
+    """`with lock(client, cid, action, timeout):` the read-modify-write of `cid` runs alone. `ttl`:
+    how long the lock stays good should its holder stop renewing it (a holder on this machine that is
+    gone loses it at once)."""
+    return lease.Lease(ProfileStore(client, connect), PREFIX, key, action, timeout, ttl)
+
+
+def is_lock(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def stale_reason(store: ProfileStore, name: str) -> str:
+    """Why a lock profile is stale now (its record, the daemon's clock), or "" if it may be held."""
+    got = store.read(name)
+    if got is None:
+        return ""
+    return lease.stale(got[0], got[1])

@@ -73,12 +73,40 @@ OWN_KEYS = frozenset(
 CREATING_KEY = "creating"
 
 
-def interrupted(inst: dict) -> bool:
-    """An instance an interrupted create_vm left: still marked `creating` (create_vm clears the mark
-    just before it answers), or never started at all (instances made before that mark existed)."""
+def creating_mark(written: float) -> str:
+    """The `creating` mark of an attempt: when it was made (the daemon's clock, as the call knows it)
+    and the process making it (boshcpi.lease.identity: no two processes anywhere share it)."""
+    from boshcpi import lease
+
+    return f"{written:.0f} {lease.identity()}"
+
+
+def mark_time(mark: str) -> float | None:
+    try:
+        return float(mark.split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def interrupted(inst: dict, now: float, bound: float) -> bool:
+    """An instance an interrupted create_vm left, never a live call's: still marked `creating`
+    (create_vm clears the mark just before it answers) by a process that is gone (this machine's,
+    known by its identity), or by any process longer ago than `bound` (the longest a create_vm runs);
+    a mark without the process (an older boshcpi's) counts as interrupted. An instance that never
+    started and has no mark is one made before that mark existed. `now`: the daemon's clock."""
+    from boshcpi import lease
+
     cfg = inst.get("config") or {}
-    never_started = inst.get("status") == "Stopped" and "volatile.last_state.power" not in cfg
-    return bool(cfg.get(META + CREATING_KEY)) or never_started
+    mark = str(cfg.get(META + CREATING_KEY) or "")
+    if not mark:
+        return inst.get("status") == "Stopped" and "volatile.last_state.power" not in cfg
+    parts = mark.split()
+    if len(parts) < 2:
+        return True
+    if lease.holder_gone(parts[1]):
+        return True
+    written = mark_time(mark)
+    return written is None or now - written > bound
 
 
 TAG_PREFIX = "tag."
