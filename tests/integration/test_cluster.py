@@ -261,6 +261,55 @@ def test_a_move_killed_halfway_leaves_one_disk(cluster, stemcell, killed_at):
         call(cluster.config_path, "delete_vm", vm).ok()
 
 
+def test_a_move_still_running_is_never_undone_by_a_concurrent_call(cluster, stemcell):
+    """An attach that moves its disk to the VM's member, slowed after the copy (before it is marked
+    whole), while other calls look for the disk: they see the move's lock held and leave the copy
+    alone (has_disk answers from the source), set_disk_metadata waits for the lock. The attach then
+    completes: one volume, on the VM's member, the data with it."""
+    if cluster.kind != "incus":
+        pytest.skip("not run: LXD 5.0 cannot move custom volumes between members (it says so; tested above)")
+    vm2 = create(cluster, stemcell, {"target": "m2"})
+    disk = call(cluster.config_path, "create_disk", 32, {}, vm2).ok()
+    vm1 = create(cluster, stemcell, {"target": "m1"})
+    import os
+    import time
+
+    def volume_dir(member: str) -> Path:  # a dir pool's volume, on the member's own daemon folder
+        return cluster.root / member / "storage-pools" / "local" / "custom" / f"default_{disk}"
+
+    token = uuid.uuid4().hex
+    (volume_dir("m2") / "token").write_text(token)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(cluster.config_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "BOSHCPI_TEST_FAULTS": "1", "BOSHCPI_PAUSE_AT": "move-copy", "BOSHCPI_PAUSE_FOR": "6"},
+    )
+    proc.stdin.write(json.dumps({"method": "attach_disk", "arguments": [vm1, disk], "context": {}}).encode())
+    proc.stdin.close()
+    deadline = time.monotonic() + 60
+    while b"paused at" not in proc.stderr.readline():
+        assert time.monotonic() < deadline and proc.poll() is None, "the attach never reached the copy"
+    # The copy exists beside the source, unmarked as whole: a settle now would delete it.
+    assert call(cluster.config_path, "has_disk", disk).ok() is True
+    assert call(cluster.config_path, "set_disk_metadata", disk, {"seen": "during-move"}).ok() is None
+    answer = json.loads(proc.stdout.read())
+    proc.wait(120)
+    assert answer["error"] is None, (answer, proc.stderr.read().decode()[-2000:])
+    left = [v for v in cluster.query("/1.0/storage-pools/local/volumes/custom?recursion=1") if v["name"] == disk]
+    assert [v["location"] for v in left] == ["m1"]
+    assert left[0]["config"].get("user.bosh.seen") == "during-move"  # written after the move, to the moved disk
+    assert (volume_dir("m1") / "token").read_text() == token
+    assert call(cluster.config_path, "get_disks", vm1).ok() == [disk]
+    call(cluster.config_path, "detach_disk", vm1, disk).ok()
+    call(cluster.config_path, "delete_disk", disk).ok()
+    for vm in (vm1, vm2):
+        call(cluster.config_path, "delete_vm", vm).ok()
+
+
 def test_a_member_that_goes_away(cluster, stemcell):
     """A member whose daemon is gone (power loss): has_vm of its VM does not answer false (the director
     would recreate it), every other call on it is a retryable CloudError naming the member, and a new

@@ -228,3 +228,93 @@ def test_a_pool_move_killed_anywhere_leaves_one_disk_with_its_data(lxd, lxd_stem
     ctx.call("delete_disk", disk).ok()
     assert where() == []
     assert not [p for p in ctx.api("/1.0/profiles") if "boshcpi-lock-" in p]  # no lock left behind
+
+
+def _create_vm_process(ctx, args: list) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(ctx.config_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    request = {"method": "create_vm", "arguments": args, "context": {}, "api_version": 2}
+    proc.stdin.write(json.dumps(request).encode())
+    proc.stdin.close()
+    return proc
+
+
+@pytest.mark.parametrize("kind", ["lxd", "incus"])
+def test_the_retry_of_a_create_vm_killed_at_any_moment_succeeds(request, kind, test_stemcells):
+    """create_vm SIGKILLed at a random moment, then the director's retry at once with the same address,
+    while the daemon may still be starting (or stopping) the killed attempt's instance: the retry waits
+    for the daemon's operations on it, reclaims it, and succeeds; every time (12 rounds)."""
+    import random
+
+    ctx = request.getfixturevalue(kind)
+    d = test_stemcells["warden"]
+    sc = ctx.call("create_stemcell", str(d / "image"), {**stemcells.cloud_properties(d), "version": "29.1"}).ok()
+    before = set(ctx.instances())
+    rng = random.Random()
+    args = ["agent-k", sc, {"ephemeral_disk": 16}, network(ctx, 29), [], {}]
+    try:
+        for round_ in range(12):
+            proc = _create_vm_process(ctx, args)
+            try:
+                proc.wait(rng.uniform(0.02, 1.5))
+                answered = json.loads(proc.stdout.read() or b"null")  # it finished first: no retry needed
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                answered = None
+            if answered is None or answered["error"] is not None:
+                retry = ctx.call("create_vm", *args)
+                assert retry.error is None, f"round {round_}: the retry failed: {retry.error}"
+                vm = retry.result[0]
+            else:
+                vm = answered["result"][0]
+            holders = [
+                i["name"]
+                for i in ctx.api("/1.0/instances?recursion=1")
+                if any(x.get("ipv4.address") == f"{ctx.subnet}.29" for x in i["devices"].values())
+            ]
+            assert holders == [vm], f"round {round_}: {holders}"
+            ctx.call("delete_vm", vm).ok()
+        # What a kill before the instance existed left (its ephemeral volume) is cleanup's.
+        cleanup(ctx.config_path, "--apply")
+        assert cleanup(ctx.config_path)["orphans"] == []
+        assert set(ctx.instances()) == before
+    finally:
+        ctx.call("delete_stemcell", sc)
+
+
+@pytest.mark.parametrize("kind", ["lxd", "incus"])
+def test_two_live_create_vm_calls_for_one_address_never_take_each_others_instance(request, kind, test_stemcells):
+    """Two directors (or two BOSH networks on one LXD network) ask for the same address at once: both
+    attempts are live, so neither reclaims the other's instance mid-boot. Each call either gets a
+    running VM that stays (never deleted by the other), or a clean VMCreationFailed that names the
+    address conflict and leaves nothing (the daemon refuses to start an instance while another has
+    the address, so when both instances exist at once, both calls fail)."""
+    ctx = request.getfixturevalue(kind)
+    d = test_stemcells["warden"]
+    sc = ctx.call("create_stemcell", str(d / "image"), {**stemcells.cloud_properties(d), "version": "29.4"}).ok()
+    before = set(ctx.instances())
+    args = ["agent-twin", sc, {"ephemeral_disk": 16}, network(ctx, 30), [], {}]
+    try:
+        for round_ in range(6):
+            procs = [_create_vm_process(ctx, args) for _ in range(2)]
+            answers = []
+            for p in procs:
+                answers.append(json.loads(p.stdout.read()))
+                p.wait(300)
+            won = [a["result"][0] for a in answers if a["error"] is None]
+            lost = [a["error"] for a in answers if a["error"] is not None]
+            for e in lost:
+                assert e["type"] == "Bosh::Clouds::VMCreationFailed" and "already defined" in e["message"], e
+            for vm in won:
+                assert ctx.api(f"/1.0/instances/{vm}")["status"] == "Running", f"round {round_}: {vm} was taken"
+            assert set(ctx.instances()) - before == set(won), round_
+            for vm in won:
+                ctx.call("delete_vm", vm).ok()
+    finally:
+        ctx.call("delete_stemcell", sc)

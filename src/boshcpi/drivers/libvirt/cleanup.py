@@ -61,13 +61,14 @@ class Cleaner:
                 continue
             meta = host.metadata(dom) or {}
             age = time.time() - float(meta.get("created") or 0) if meta.get("created") else None
-            if (
-                meta.get("created_by") == "boshcpi"
-                and "creating" in meta
-                and not dom.isActive()
-                and (age is None or age >= older_than)
-            ):
+            if meta.get("created_by") != "boshcpi" or "creating" not in meta or (age is not None and age < older_than):
+                continue
+            # An interrupted create_vm's domain: never started, or started by a process that is gone
+            # (its `creating` mark names it), or older than any create_vm runs.
+            if not dom.isActive():
                 found.append(Orphan("instance", name, age, "defined but never started (interrupted create_vm)"))
+            elif lease.holder_gone(meta["creating"]) or (age is not None and age > 3 * self.cfg.operation_timeout):
+                found.append(Orphan("instance", name, age, "started by a create_vm that never answered (killed)"))
         for vol_name in pool.listVolumes():
             if vol_name.startswith(PROBE_PREFIX):
                 age = self._age(pool.storageVolLookupByName(vol_name), now)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from boshcpi import ids, log
+from boshcpi import ids, lease, log
 from boshcpi.agent import settings as agent_settings
 from boshcpi.cloud import Cloud, parse_vm_size
 from boshcpi.drivers.libvirt import STEMCELL_FORMATS, configdrive, naming, xmltree
@@ -232,7 +232,9 @@ class LibvirtCloud(Cloud):
                 "agent_id": spec.agent_id,
                 "stemcell": spec.stemcell_cid,
                 "created_by": "boshcpi",
-                "creating": "",
+                # Until create_vm answers, the process making it (boshcpi.lease.identity): a killed
+                # attempt's domain, started or not, is cleanup's once that process is gone.
+                "creating": lease.identity(),
                 "created": _now(),
             }
         )

@@ -534,6 +534,7 @@ def resize(host: LXDHost, disk_cid: str, new_size_mb: int) -> None:
         if _size_mb((vol.get("config") or {}).get("size", "0")) < new_size_mb:
             check_space(host, pool, new_size_mb, "resize_disk: new_size")
         with host.lock(disk_cid, "resize_disk"):
+            pool, vol = _require(host, disk_cid, "resize_disk")  # where it is now: a move may have ended
             try:
                 changed = _mark(host, pool, disk_cid, vol, {"size": f"{new_size_mb}MiB"}, grows)
             except LXDError as e:
@@ -779,6 +780,7 @@ def set_metadata(host: LXDHost, disk_cid: str, metadata: dict[str, Any]) -> None
         parts = [str(metadata.get(k, "")) for k in ("deployment", "instance_group", "instance_index")]
         description = ("boshcpi persistent disk of " + "/".join(p for p in parts if p))[:255] if any(parts) else None
         with host.lock(disk_cid, "set_disk_metadata"):
+            pool, vol = _require(host, disk_cid, "set_disk_metadata")  # where it is now: a move may have ended
             _mark(host, pool, disk_cid, vol, changes, description=description)
 
 
