@@ -1,7 +1,7 @@
 """A chaos soak on LXD, Incus and libvirt: three director-like workers run random sequences of calls on
 shared VMs and on their own disks while a killer SIGKILLs random calls at random moments; each killed
 call is retried at once, as the director retries (the same arguments; a killed create_vm's retry asks
-for the same address). Bounded in time (`BOSHCPI_SOAK_SECONDS`, 45 s a daemon by default).
+for the same address). Bounded in time (`BOSHCPI_SOAK_SECONDS`, 35 s a daemon by default).
 
 Afterwards:
 - every retry succeeded, and no call failed but for the answers a concurrent director sees too (a
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from tests.reliability.test_locks import assert_one_holder
 
 pytestmark = pytest.mark.slow
 
-SECONDS = float(os.environ.get("BOSHCPI_SOAK_SECONDS", "45"))
+SECONDS = float(os.environ.get("BOSHCPI_SOAK_SECONDS", "35"))
 KILLABLE = {
     "create_vm",
     "delete_vm",
@@ -55,15 +56,17 @@ DATA = 256 * 1024
 class Chaos:
     """Runs CPI calls as the director does, killing some at a random moment and retrying them."""
 
-    def __init__(self, config: Path, events: Path, seed: int) -> None:
-        self.config, self.events = config, events
+    def __init__(self, config: Path, events: Path, seed: int, finished: Any) -> None:
+        """`finished(agent_id)`: the VM a killed create_vm for that agent made and answered for."""
+        self.config, self.events, self.finished = config, events, finished
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
-        self.figures = {"calls": 0, "kills": 0, "retries": 0, "failures": 0}
+        self.figures = {"calls": 0, "kills": 0, "retries": 0, "failures": 0, "answers lost": 0}
         self.failures: list[str] = []
         self.killed: dict[int, float] = {}  # pid -> when (monotonic)
 
-    def _run(self, method: str, args: list, kill_after: float | None) -> dict | None:
+    def _run(self, method: str, args: list, kill_after: float | None) -> tuple[dict | None, str]:
+        """The response (None if killed before it answered), and what the call wrote to stderr."""
         env = {**os.environ, "BOSHCPI_TEST_FAULTS": "1", "BOSHCPI_TEST_LOCK_DIR": str(self.events)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(self.config)],
@@ -74,23 +77,22 @@ class Chaos:
             stderr=subprocess.PIPE,
         )
         request = {"method": method, "arguments": args, "context": {"director_uuid": "soak"}, "api_version": 2}
-        proc.stdin.write(json.dumps(request).encode())
-        proc.stdin.close()
-        if kill_after is not None:
-            try:
-                proc.wait(kill_after)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                with self.lock:
-                    self.killed[proc.pid] = time.monotonic()
-        out, err = proc.communicate(timeout=900)
+        try:
+            out, err = proc.communicate(json.dumps(request).encode(), timeout=kill_after or 900)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            with self.lock:
+                self.killed[proc.pid] = time.monotonic()
+            out, err = proc.communicate()
         for secret in SECRETS:
             assert secret.encode() not in out + err, f"secret reached the output of {method}"
-        if proc.returncode == -signal.SIGKILL:
-            return None
         lines = [line for line in out.decode().splitlines() if line.strip()]
+        if proc.returncode == -signal.SIGKILL and not (lines and out.endswith(b"\n")):
+            # Killed before it answered. (Killed after writing its answer, it answered: the director
+            # reads what the CPI wrote, whatever its exit, lib/cloud/external_cpi.rb.)
+            return None, err.decode(errors="replace")
         assert len(lines) == 1, (method, out, err[-2000:])
-        return json.loads(lines[0])
+        return json.loads(lines[0]), err.decode(errors="replace")
 
     def call(self, method: str, *args: Any, may_fail: tuple[str, ...] = ()) -> Any:
         """The call, killed at a random moment one time in four (and then retried, as often as it takes
@@ -99,17 +101,27 @@ class Chaos:
             self.figures["calls"] += 1
             kill = method in KILLABLE and self.rng.random() < 0.25
             delay = self.rng.uniform(0.01, 1.0)
-        resp = self._run(method, list(args), delay if kill else None)
+        resp, stderr = self._run(method, list(args), delay if kill else None)
         while resp is None:
             with self.lock:
                 self.figures["kills"] += 1
                 self.figures["retries"] += 1
-            resp = self._run(method, list(args), None)
+            finished = self.finished(args[0]) if method == "create_vm" else None
+            if finished:
+                # Killed in its last milliseconds, after its VM became the director's (the `creating`
+                # mark cleared: the daemon had done the last request) and before the answer reached
+                # stdout: the answer is lost, as it would be to a director, and the VM is one the
+                # director never heard of. Never reclaimed by a retry (it may have been delivered):
+                # counted, and deleted as an operator would.
+                with self.lock:
+                    self.figures["answers lost"] += 1
+                self._run("delete_vm", [finished], None)
+            resp, stderr = self._run(method, list(args), None)
         err = resp.get("error")
         if err is not None and err["type"] not in may_fail:
             with self.lock:
                 self.figures["failures"] += 1
-                self.failures.append(f"{method}{tuple(args)[:2]}: {err}")
+                self.failures.append(f"{method}{tuple(args)[:2]}: {err}\n{stderr[-1500:]}")
             return None
         return resp.get("result")
 
@@ -140,13 +152,30 @@ class LXDSide:
         doc = json.loads(self.ctx.cli_run("file", "pull", f"{vm}/var/vcap/bosh/warden-cpi-agent-env.json", "-"))
         return set((doc.get("disks") or {}).get("persistent") or {})
 
+    def ready(self, vm: str) -> None:
+        pass  # a container takes a disk device at once
+
+    def all_vms(self) -> set[str]:
+        return {
+            i["name"]
+            for i in self.ctx.api("/1.0/instances?recursion=1")
+            if (i.get("config") or {}).get("user.bosh.created_by") == "boshcpi"
+        }
+
+    def finished(self, agent_id: str) -> str | None:
+        for inst in self.ctx.api("/1.0/instances?recursion=1"):
+            cfg = inst.get("config") or {}
+            if cfg.get("user.bosh.agent_id") == agent_id and not cfg.get("user.bosh.creating"):
+                return inst["name"]
+        return None
+
 
 class LibvirtSide:
-    def __init__(self, pool: str, config: Path) -> None:
+    def __init__(self, pool: str, config: Path, console: Path) -> None:
         from boshcpi import config as cfgmod
         from boshcpi.drivers.libvirt.cloud import LibvirtCloud
 
-        self.pool = pool
+        self.pool, self.console = pool, console
         self.cloud = LibvirtCloud(cfgmod.load(str(config)))
 
     def where(self, disk: str) -> list[tuple[str, Path]]:
@@ -165,13 +194,36 @@ class LibvirtSide:
     def settings_disks(self, vm: str) -> set[str]:
         return set((self.cloud.read_settings(vm).get("disks") or {}).get("persistent") or {})
 
+    def all_vms(self) -> set[str]:
+        return {d.name() for d in self.cloud.host.all_domains() if self.cloud.host.is_owned(d)}
+
+    def finished(self, agent_id: str) -> str | None:
+        for dom in self.cloud.host.all_domains():
+            meta = self.cloud.host.metadata(dom) or {}
+            if meta.get("agent_id") == agent_id and "creating" not in meta:
+                return dom.name()
+        return None
+
+    def ready(self, vm: str) -> None:
+        """Until the guest has booted (its console says so): the director hot-plugs disks only once a
+        VM's agent answers, and a guest still booting ignores an unplug request."""
+        log = self.console / f"{vm}.console.log"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if log.exists() and "boshcpi-test-image: done" in log.read_text(errors="replace"):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{vm} did not boot within 180s")
+
 
 def soak(config: Path, side: Any, stemcell: str, nets: list[dict], events: Path, move_pools: list[str]) -> dict:
-    chaos = Chaos(config, events, seed=int(time.time()))
+    chaos = Chaos(config, events, seed=int(time.time()), finished=side.finished)
     vms: list[str] = []
     for net in nets:
-        vm, _ = chaos.call("create_vm", "soak-agent", stemcell, {"ephemeral_disk": 32}, net, [], {})
+        vm, _ = chaos.call("create_vm", f"soak-{uuid.uuid4().hex}", stemcell, {"ephemeral_disk": 32}, net, [], {})
         vms.append(vm)
+    for vm in vms:
+        side.ready(vm)
     vm_locks = [threading.Lock() for _ in vms]  # one worker recreates a VM while no other uses it
     disks: dict[str, dict[str, Any]] = {}
     for w in range(len(nets)):
@@ -195,9 +247,11 @@ def soak(config: Path, side: Any, stemcell: str, nets: list[dict], events: Path,
                     chaos.call("attach_disk", vms[i], disk)
                     d["vm"] = i
             elif op == "detach" and d["vm"] is not None:
-                with vm_locks[d["vm"]]:
-                    chaos.call("detach_disk", vms[d["vm"]], disk)
-                d["vm"] = None
+                i = d["vm"]
+                with vm_locks[i]:
+                    if d["vm"] == i:  # not detached meanwhile by the VM's recreate
+                        chaos.call("detach_disk", vms[i], disk)
+                        d["vm"] = None
             elif op == "resize":
                 d["size"] += 16
                 chaos.call("resize_disk", disk, d["size"])
@@ -221,15 +275,26 @@ def soak(config: Path, side: Any, stemcell: str, nets: list[dict], events: Path,
                         chaos.call("detach_disk", vms[w], x)
                         disks[x]["vm"] = None
                     chaos.call("delete_vm", vms[w])
-                    got = chaos.call("create_vm", "soak-agent", stemcell, {"ephemeral_disk": 32}, nets[w], [], {})
-                    assert got is not None, chaos.failures[-1:]
+                    agent = f"soak-{uuid.uuid4().hex}"  # a new one per VM, as the director's
+                    got = chaos.call("create_vm", agent, stemcell, {"ephemeral_disk": 32}, nets[w], [], {})
+                    assert got is not None, chaos.failures
                     vms[w] = got[0]
+                    side.ready(vms[w])
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(len(nets))]
+    errors: list[BaseException] = []
+
+    def run(w: int) -> None:
+        try:
+            worker(w)
+        except BaseException as e:  # a worker's own failure fails the soak
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(len(nets))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not errors, errors
 
     assert chaos.figures["failures"] == 0, "\n".join(chaos.failures)
     # Every disk in exactly one place, with its data.
@@ -263,6 +328,8 @@ def soak(config: Path, side: Any, stemcell: str, nets: list[dict], events: Path,
     assert cleanup(config)["orphans"] == []
     for vm in vms:
         assert chaos.call("has_vm", vm) is True
+    # Not a VM more than the director knows (a killed create_vm's attempt is reclaimed or cleanup's).
+    assert side.all_vms() == set(vms)
     for disk in disks:
         assert chaos.call("has_disk", disk) is True
     # The end: everything goes.
@@ -337,7 +404,7 @@ def test_chaos_soak_on_libvirt(libvirt_pool, tmp_path):
         ]
         events = tmp_path / "events"
         events.mkdir()
-        figures = soak(cfg, LibvirtSide(libvirt_pool, cfg), sc, nets, events, [])
+        figures = soak(cfg, LibvirtSide(libvirt_pool, cfg, tmp_path / "console"), sc, nets, events, [])
         print(f"\nsoak on libvirt: {figures}")
         assert figures["kills"] > 0
     finally:

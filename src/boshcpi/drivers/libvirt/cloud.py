@@ -384,8 +384,21 @@ class LibvirtCloud(Cloud):
             raise DiskNotFound(f"{action}: disk {disk_cid} not found")
         return vol
 
-    def _disk_users(self, path: str) -> list[str]:
-        return [d.name() for d in self.host.all_domains() if any(x["path"] == path for x in self.host.disks(d))]
+    def _disk_users(self, path: str, live: bool = False) -> list[str]:
+        """The domains whose definition (or, with `live`, whose running guest) has the disk at `path`."""
+        users = []
+        for dom in self.host.all_domains():
+            try:
+                if live and not dom.isActive():
+                    continue
+                disks = self.host.disks(dom, live=live)
+            except self.lv.libvirtError as e:
+                if e.get_error_code() == self.lv.VIR_ERR_NO_DOMAIN:
+                    continue  # deleted since the list was made
+                raise self.host.err(e, "list the domains' disks") from None
+            if any(x["path"] == path for x in disks):
+                users.append(dom.name())
+        return users
 
     def has_disk(self, disk_cid: str) -> bool:
         return naming.is_disk_cid(disk_cid) and self.host.volume(disk_cid) is not None
@@ -400,9 +413,10 @@ class LibvirtCloud(Cloud):
             raise CloudError(f"delete_disk: disk {disk_cid} is attached to {', '.join(users)}; detach it first")
         self.host.delete_volume(disk_cid)
 
-    def _persistent(self, dom: Any) -> dict[str, dict[str, str]]:
-        """disk_cid -> disk entry of the persistent disks in the domain's definition."""
-        return {d["volume"]: d for d in self.host.disks(dom) if naming.is_disk_cid(d["volume"])}
+    def _persistent(self, dom: Any, live: bool = False) -> dict[str, dict[str, str]]:
+        """disk_cid -> disk entry of the persistent disks in the domain's definition (or, with `live`,
+        in the running domain)."""
+        return {d["volume"]: d for d in self.host.disks(dom, live=live) if naming.is_disk_cid(d["volume"])}
 
     def attach_disk(self, vm_cid: str, disk_cid: str) -> Any:
         self.host.owned_domain(vm_cid, "attach_disk")  # VMNotFound before any lock
@@ -421,6 +435,15 @@ class LibvirtCloud(Cloud):
         others = [u for u in self._disk_users(vol.path()) if u != vm_cid]
         if others:
             raise CloudError(f"attach_disk: disk {disk_cid} is attached to {', '.join(others)}; detach it first")
+        # Detached, but a running guest that never let go of it (a detach answers once its wait for the
+        # guest runs out) still has it open, and QEMU would refuse it here ("Failed to get write lock").
+        holding = [u for u in self._disk_users(vol.path(), live=True) if u != vm_cid]
+        if holding:
+            raise CloudError(
+                f"attach_disk: disk {disk_cid} is still open in {', '.join(holding)}: its guest has not let it go "
+                "since it was detached; retry once it has (or once that VM reboots or is deleted)",
+                ok_to_retry=True,
+            )
         # Targets in use in the definition and in the running domain (a disk the guest has not let go of
         # yet still holds its target there).
         used = {d["dev"] for d in self.host.disks(dom)} | {d["dev"] for d in self.host.disks(dom, live=True)}
@@ -482,7 +505,9 @@ class LibvirtCloud(Cloud):
 
     def _detach_disk(self, vm_cid: str, disk_cid: str) -> None:
         dom = self.host.owned_domain(vm_cid, "detach_disk")
-        attached = self._persistent(dom)
+        # The running guest's disks too: a detach killed after it took the disk out of the definition
+        # leaves it in the running domain until the guest lets go, and its retry waits for that.
+        attached = {**(self._persistent(dom, live=True) if dom.isActive() else {}), **self._persistent(dom)}
         settings, _ = configdrive.read(self.host, dom)
         if disk_cid in attached:
             d = attached[disk_cid]
@@ -545,11 +570,19 @@ class LibvirtCloud(Cloud):
 
     def set_disk_metadata(self, disk_cid: str, metadata: dict[str, Any]) -> None:
         vol = self._require_disk(disk_cid, "set_disk_metadata")
-        # Volumes carry no metadata in libvirt: record it on the domain the disk is attached to.
+        tags = {f"disk.{disk_cid}.{k}": str(v)[:1024] for k, v in metadata.items()}
+        # Volumes carry no metadata in libvirt: record it on the domain the disk is attached to, under
+        # the domain's lock (its metadata is one read-modify-write with set_vm_metadata's).
         for name in self._disk_users(vol.path()):
-            dom = self.conn.lookupByName(name)
-            if self.host.is_owned(dom):
-                self._set_meta(dom, {}, tags={f"disk.{disk_cid}.{k}": str(v)[:1024] for k, v in metadata.items()})
+            with self.host.lock(name, "set_disk_metadata"):
+                dom = self.host.domain(name)
+                if dom is None or not self.host.is_owned(dom):
+                    continue
+                try:
+                    self._set_meta(dom, {}, tags=tags)
+                except self.lv.libvirtError as e:
+                    if e.get_error_code() != self.lv.VIR_ERR_NO_DOMAIN:
+                        raise self.host.err(e, "set_disk_metadata") from None
 
 
 def _now() -> str:

@@ -518,10 +518,10 @@ class LXDCloud(Cloud):
         start may still run: the daemon refuses a delete meanwhile, "Instance is busy running a
         'start' operation", or on Incus "Instance is running"), within operation_timeout."""
         deadline = time.monotonic() + self.cfg.operation_timeout
+        current: dict[str, Any] | None = inst
         while True:
-            self._wait_operations(vm_cid, deadline)
             try:
-                self.delete_owned(vm_cid, self.host.find_instance(vm_cid))
+                self.delete_owned(vm_cid, current)
                 return
             except LXDError as e:
                 msg = e.message.lower()
@@ -531,7 +531,10 @@ class LXDCloud(Cloud):
                     raise CloudError(
                         f"{vm_cid}: the daemon is still busy with it ({e.message}); retry", ok_to_retry=True
                     ) from None
-                time.sleep(0.2)
+                log.info(f"{vm_cid}: {e.message}; waiting for the daemon's operations on it")
+            self._wait_operations(vm_cid, deadline)
+            time.sleep(0.1)
+            current = self.host.find_instance(vm_cid)
 
     def _wait_operations(self, vm_cid: str, deadline: float) -> None:
         """Wait for the daemon's running operations on an instance (GET /1.0/operations: by status,
@@ -695,8 +698,11 @@ class LXDCloud(Cloud):
                 return
             if inst is None:
                 log.info(f"VM {vm_cid} is already gone")
-            # Ephemeral and config volumes go with the VM; persistent disks stay (only detached).
-            self.delete_owned(vm_cid, inst)
+                self.delete_owned(vm_cid, inst)
+            else:
+                # Ephemeral and config volumes go with the VM; persistent disks stay (only detached).
+                # A killed delete_vm's stop may still run: its retry waits for it (delete_settled).
+                self.delete_settled(vm_cid, inst)
             if inst is not None and inst.get("type") == "virtual-machine":
                 from boshcpi.drivers.lxd import settingsio
 
