@@ -80,6 +80,24 @@ class Response:
         return self.result
 
 
+def cpi_process(config: Path | str, method: str, args: list, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A CPI call running in the background (to be watched, paused or killed), its request written:
+    read its answer from stdout, its log from stderr."""
+    proc = subprocess.Popen(
+        [*BOSHCPI, "cpi", "--config", str(config)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    request = {"method": method, "arguments": args, "context": {}, "api_version": 2}
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(request).encode())
+    proc.stdin.close()
+    return proc
+
+
 def raw_call(
     config: Path | str | None, payload: bytes | str, env: dict[str, str] | None = None, timeout: float = 600
 ) -> Response:

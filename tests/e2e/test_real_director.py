@@ -28,42 +28,18 @@ import yaml
 from boshcpi.dev import agentimage
 from tests import director as dr
 from tests.conftest import POOL
+from tests.containerguest import CTL, JOB, MONIT
 from tests.helpers import require_tool
 
 pytestmark = pytest.mark.slow
 
-JOB = "keeper"
 PROFILE = "boshcpi-director"
 DEPLOYMENT = "keeper"
 # Addresses the director may give instances: .80-.119 on each bridge (other tests use others).
 RANGE = (80, 119)
 
-MONIT = f"""check process {JOB}
-  with pidfile /var/vcap/sys/run/{JOB}/{JOB}.pid
-  start program "/var/vcap/jobs/{JOB}/bin/ctl start"
-  stop program "/var/vcap/jobs/{JOB}/bin/ctl stop"
-  group vcap
-"""
-# Like a database, the job keeps its data on the persistent disk and does not start without it.
-CTL = f"""#!/bin/sh
-RUN=/var/vcap/sys/run/{JOB}
-DATA=/var/vcap/store/{JOB}
-case "$1" in
-  start)
-    mountpoint -q /var/vcap/store || {{ echo "no persistent disk on /var/vcap/store" >&2; exit 1; }}
-    mkdir -p "$RUN"
-    n=$(cat "$DATA/count" 2>/dev/null || echo 0)
-    echo $((n + 1)) > "$DATA/count.tmp" && mv "$DATA/count.tmp" "$DATA/count"
-    setsid sh -c 'while :; do sleep 5; done' </dev/null >/dev/null 2>&1 &
-    echo $! > "$RUN/{JOB}.pid"
-    ;;
-  stop)
-    [ -f "$RUN/{JOB}.pid" ] && kill "$(cat "$RUN/{JOB}.pid")"
-    rm -f "$RUN/{JOB}.pid"
-    ;;
-esac
-exit 0
-"""
+# The job of tests/containerguest.py (it counts its starts on the store, and does not start without it),
+# and a pre-start that leaves a token there once.
 PRE_START = f"""#!/bin/sh
 set -e
 mountpoint -q /var/vcap/store

@@ -16,7 +16,7 @@ import pytest
 from boshcpi.dev import stemcells
 from boshcpi.drivers.lxd.hostinit import generate_cert
 from tests import cluster as cl
-from tests.helpers import ROOT, call
+from tests.helpers import ROOT, call, cpi_process
 
 pytestmark = pytest.mark.cluster
 
@@ -271,7 +271,6 @@ def test_a_move_still_running_is_never_undone_by_a_concurrent_call(cluster, stem
     vm2 = create(cluster, stemcell, {"target": "m2"})
     disk = call(cluster.config_path, "create_disk", 32, {}, vm2).ok()
     vm1 = create(cluster, stemcell, {"target": "m1"})
-    import os
     import time
 
     def volume_dir(member: str) -> Path:  # a dir pool's volume, on the member's own daemon folder
@@ -280,16 +279,8 @@ def test_a_move_still_running_is_never_undone_by_a_concurrent_call(cluster, stem
     token = uuid.uuid4().hex
     (volume_dir("m2") / "token").write_text(token)
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "boshcpi.cli", "cpi", "--config", str(cluster.config_path)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "BOSHCPI_TEST_FAULTS": "1", "BOSHCPI_PAUSE_AT": "move-copy", "BOSHCPI_PAUSE_FOR": "6"},
-    )
-    proc.stdin.write(json.dumps({"method": "attach_disk", "arguments": [vm1, disk], "context": {}}).encode())
-    proc.stdin.close()
+    slow = {"BOSHCPI_TEST_FAULTS": "1", "BOSHCPI_PAUSE_AT": "move-copy", "BOSHCPI_PAUSE_FOR": "6"}
+    proc = cpi_process(cluster.config_path, "attach_disk", [vm1, disk], slow)
     deadline = time.monotonic() + 60
     while b"paused at" not in proc.stderr.readline():
         assert time.monotonic() < deadline and proc.poll() is None, "the attach never reached the copy"
