@@ -223,6 +223,15 @@ def lxd_stemcell(lxd, test_stemcells):
     lxd.call("delete_stemcell", cid)
 
 
+LIBVIRT_POOLS = Path("/var/lib/boshcpi-dev/libvirt-pools")
+
+
+def in_pool(dom, pool: str) -> bool:
+    """Whether a domain is this run's: its disks live in the run's own pool (libvirt domains are
+    global, and the CPI names them vm-<uuid>, not after the run)."""
+    return f"{LIBVIRT_POOLS / pool}/" in dom.XMLDesc(0)
+
+
 @pytest.fixture(scope="session")
 def libvirt_pool():
     """A libvirt storage pool of this run's own (a dir pool), so every "nothing left" check counts
@@ -231,7 +240,7 @@ def libvirt_pool():
 
     conn = libvirt.open("qemu:///system")
     name = f"boshcpi-t{RUN_ID}"
-    path = Path("/var/lib/boshcpi-dev/libvirt-pools") / name
+    path = LIBVIRT_POOLS / name
     path.mkdir(parents=True, exist_ok=True)
     pool = conn.storagePoolDefineXML(
         f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>", 0
@@ -241,7 +250,7 @@ def libvirt_pool():
         yield name
     finally:
         for dom in conn.listAllDomains(0):
-            if str(path) in dom.XMLDesc(0):
+            if in_pool(dom, name):
                 try:
                     if dom.isActive():
                         dom.destroy()

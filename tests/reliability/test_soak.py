@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from boshcpi.dev import stemcells
-from tests.conftest import POOL, extra_pool
+from tests.conftest import POOL, extra_pool, in_pool
 from tests.helpers import ROOT, SECRETS, libvirt_config
 from tests.integration.test_cleanup import cleanup
 from tests.reliability.test_locks import assert_one_holder
@@ -194,11 +194,15 @@ class LibvirtSide:
     def settings_disks(self, vm: str) -> set[str]:
         return set((self.cloud.read_settings(vm).get("disks") or {}).get("persistent") or {})
 
+    def mine(self) -> list[Any]:
+        """This run's domains: libvirt's are global, and another run may have some of its own."""
+        return [d for d in self.cloud.host.all_domains() if in_pool(d, self.pool)]
+
     def all_vms(self) -> set[str]:
-        return {d.name() for d in self.cloud.host.all_domains() if self.cloud.host.is_owned(d)}
+        return {d.name() for d in self.mine() if self.cloud.host.is_owned(d)}
 
     def finished(self, agent_id: str) -> str | None:
-        for dom in self.cloud.host.all_domains():
+        for dom in self.mine():
             meta = self.cloud.host.metadata(dom) or {}
             if meta.get("agent_id") == agent_id and "creating" not in meta:
                 return dom.name()

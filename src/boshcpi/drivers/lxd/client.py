@@ -420,17 +420,18 @@ class LXDClient:
                 raise
 
     # ---- commands in a container -------------------------------------------------------------
-    def run(self, instance: str, argv: list[str], timeout: float = 60) -> tuple[int, bytes, bytes]:
+    def run(self, instance: str, argv: list[str], timeout: float = 60, output: bool = True) -> tuple[int, bytes, bytes]:
         """Run a command in a running instance and return (exit status, stdout, stderr).
 
-        No websocket: with `record-output` and `wait-for-websocket: false` the daemon runs the
-        command on its own, writes its output to the instance's log files and names them in the
+        No websocket: with `wait-for-websocket: false` the daemon runs the command on its own; with
+        `record-output` it writes the output to the instance's log files and names them in the
         operation's metadata (`output`: {"1": path, "2": path}, the path differs between LXD and
-        Incus), which are read and then deleted."""
+        Incus), which are read and then deleted. `output=False`: the exit status alone, in two
+        requests."""
         body = {
             "command": argv,
             "environment": {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"},
-            "record-output": True,
+            "record-output": output,
             "wait-for-websocket": False,
             "interactive": False,
         }
