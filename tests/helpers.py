@@ -46,6 +46,20 @@ def go_call(binary: Path, config: Path, method: str, *args: Any) -> Any:
     return doc["result"]
 
 
+def manual_network(ip: str, gateway: str, default: bool = True, **extra: Any) -> dict[str, Any]:
+    """A director's manual network entry (a /24), the default one for DNS and gateway or not."""
+    entry = {
+        "type": "manual",
+        "ip": ip,
+        "netmask": "255.255.255.0",
+        "gateway": gateway,
+        "dns": [gateway],
+        "default": ["dns", "gateway"] if default else [],
+        "cloud_properties": {},
+    }
+    return {**entry, **extra}
+
+
 def libvirt_config(pool: str, console_dir: Path, agent_config_type: str, mbus: str) -> dict[str, Any]:
     """A libvirt CPI config for this host's test network, on this run's pool, software-emulated."""
     return {

@@ -102,6 +102,10 @@ class VMSpec(Record):
     env: dict[str, Any]
     raw_networks: dict[str, Any]
 
+    def nic_order(self) -> list[NetworkSpec]:
+        """The networks in NIC order: the default-gateway network first (eth0), then by name."""
+        return sorted(self.networks.values(), key=lambda n: ("gateway" not in n.default, n.name))
+
 
 class DiskSpec(Record):
     __slots__ = ("cloud_properties", "size_mb", "vm_cid")

@@ -57,7 +57,7 @@ def manifest(tmp: Path, release: Path, dummy: Path, stemcell: Path, pool: str, i
 
 
 def last_report(console: Path) -> dict[str, str]:
-    """The guest's last disk report on its serial console (see agentimage.DISK_REPORT)."""
+    """The guest's last disk report on its serial console (see guestfiles.DISK_REPORT)."""
     text = console.read_text(errors="replace") if console.exists() else ""
     for line in reversed(text.splitlines()):
         if line.startswith(REPORT):

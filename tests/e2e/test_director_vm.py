@@ -18,7 +18,7 @@ inside the guest, as the director would (user vcap, the rendered job's bin/cpi a
   deleted, and `boshcpi cleanup` finding nothing left.
 
 The jobs' throttle and cleanup processes run under monit (Debian's monit 5.33, set up as a stemcell
-sets up its own; see agentimage.REAL_MONITRC)."""
+sets up its own; see guestfiles.REAL_MONITRC)."""
 
 from __future__ import annotations
 

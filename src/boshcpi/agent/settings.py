@@ -12,6 +12,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from boshcpi.cloud import VMSpec
+    from boshcpi.config import Config
+
 
 def _clone(value: Any) -> Any:
     return fastjson.loads(fastjson.dumps(value))
@@ -47,6 +50,24 @@ def build(
     if blobstore:
         settings["blobstore"] = blobstore
     return settings
+
+
+def for_new_vm(
+    cfg: Config, spec: VMSpec, vm_cid: str, networks: dict[str, dict[str, Any]], system_disk: Any, ephemeral_disk: Any
+) -> dict[str, Any]:
+    """The settings of a VM create_vm makes: the request's agent and env, cpi.json's mbus, NTP and
+    blobstore, no persistent disk yet."""
+    return build(
+        agent_id=spec.agent_id,
+        vm_cid=vm_cid,
+        networks=networks,
+        env=spec.env,
+        mbus=cfg.agent.mbus,
+        ntp=cfg.agent.ntp,
+        blobstore=cfg.agent.blobstore,
+        system_disk=system_disk,
+        ephemeral_disk=ephemeral_disk,
+    )
 
 
 def network_entry(raw: dict[str, Any], mac: str, preconfigured: bool) -> dict[str, Any]:

@@ -70,8 +70,9 @@ def build_image(host: LibvirtHost, settings: dict[str, Any], userdata_path: str 
     )
 
 
-def new_volume(host: LibvirtHost, vm_cid: str, image: bytes) -> Any:
-    name = naming.config_volume(vm_cid)
+def new_volume(host: LibvirtHost, vm_cid: str, image: bytes, name: str = "") -> Any:
+    """A new config volume holding `image`, named `name` or else afresh (naming.config_volume)."""
+    name = name or naming.config_volume(vm_cid)
     vol = host.new_volume(name, len(image), "raw")
     try:
         host.upload(vol, [image], len(image))
@@ -81,7 +82,7 @@ def new_volume(host: LibvirtHost, vm_cid: str, image: bytes) -> Any:
     return vol
 
 
-def device_xml(host: LibvirtHost, path: str, is_cdrom: bool) -> str:
+def device_xml(path: str, is_cdrom: bool) -> str:
     if is_cdrom:
         return dom_xml.cdrom_xml(path)
     return dom_xml.disk_xml(path, dom_xml.CONFIG_DEV, "raw", readonly=True, serial=naming.CONFIG_SERIAL)
@@ -104,7 +105,7 @@ def write(host: LibvirtHost, dom: Any, settings: dict[str, Any]) -> None:
     live = dom.isActive()
     try:
         if old is None:
-            dom.attachDeviceFlags(device_xml(host, vol.path(), is_cdrom), lv.VIR_DOMAIN_AFFECT_CONFIG)
+            dom.attachDeviceFlags(device_xml(vol.path(), is_cdrom), lv.VIR_DOMAIN_AFFECT_CONFIG)
         elif is_cdrom:
             # A CD-ROM's media changes under a running guest: the agent reads the new drive at once.
             # Forced: a guest that keeps the drive open has locked its tray (the agent only mounts it

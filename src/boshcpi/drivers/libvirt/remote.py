@@ -32,6 +32,8 @@ VIR_DOMAIN_AFFECT_CONFIG = 2
 VIR_DOMAIN_DEVICE_MODIFY_FORCE = 4
 VIR_DOMAIN_XML_INACTIVE = 2
 VIR_DOMAIN_UNDEFINE_MANAGED_SAVE = 1
+VIR_STORAGE_POOL_CREATE_WITH_BUILD = 1
+VIR_STORAGE_POOL_RUNNING = 2
 VIR_DOMAIN_UNDEFINE_NVRAM = 4
 VIR_DOMAIN_METADATA_DESCRIPTION = 0
 VIR_DOMAIN_METADATA_TITLE = 1
@@ -43,7 +45,11 @@ P_DOMAIN_DEFINE_XML = 11
 P_DOMAIN_DESTROY = 12
 P_DOMAIN_GET_XML_DESC = 14
 P_DOMAIN_LOOKUP_BY_NAME = 23
+P_NETWORK_CREATE = 39
+P_NETWORK_DEFINE_XML = 41
+P_NETWORK_GET_XML_DESC = 43
 P_NETWORK_LOOKUP_BY_NAME = 46
+P_NETWORK_SET_AUTOSTART = 48
 P_STORAGE_POOL_DEFINE_XML = 77
 P_STORAGE_POOL_CREATE = 78
 P_STORAGE_POOL_DESTROY = 80
@@ -51,6 +57,7 @@ P_STORAGE_POOL_UNDEFINE = 82
 P_STORAGE_POOL_REFRESH = 83
 P_STORAGE_POOL_LOOKUP_BY_NAME = 84
 P_STORAGE_POOL_GET_INFO = 87
+P_STORAGE_POOL_SET_AUTOSTART = 90
 P_STORAGE_VOL_CREATE_XML = 93
 P_STORAGE_VOL_DELETE = 94
 P_STORAGE_VOL_LOOKUP_BY_NAME = 95
@@ -136,6 +143,9 @@ class Connection:
 
     def networkLookupByName(self, name: str) -> Network:
         return Network(self, self._call(P_NETWORK_LOOKUP_BY_NAME, Packer().string(name)))
+
+    def networkDefineXML(self, xml: str) -> Network:
+        return Network(self, self._call(P_NETWORK_DEFINE_XML, Packer().string(xml)))
 
     def newStream(self, flags: int = 0) -> Stream:
         return Stream(self.client)
@@ -280,6 +290,10 @@ class StoragePool:
         self.conn._call(P_STORAGE_POOL_DESTROY, self._ref())
         return 0
 
+    def setAutostart(self, autostart: int) -> int:
+        self.conn._call(P_STORAGE_POOL_SET_AUTOSTART, self._ref().int(autostart))
+        return 0
+
     def undefine(self) -> int:
         self.conn._call(P_STORAGE_POOL_UNDEFINE, self._ref())
         return 0
@@ -369,8 +383,22 @@ class Network:
     def name(self) -> str:
         return self._name
 
+    def _ref(self) -> Packer:
+        return Packer().string(self._name).fixed(self.uuid)
+
     def isActive(self) -> int:
-        return self.conn._call(P_NETWORK_IS_ACTIVE, Packer().string(self._name).fixed(self.uuid)).int()
+        return self.conn._call(P_NETWORK_IS_ACTIVE, self._ref()).int()
+
+    def XMLDesc(self, flags: int = 0) -> str:
+        return self.conn._call(P_NETWORK_GET_XML_DESC, self._ref().uint(flags)).string()
+
+    def create(self) -> int:
+        self.conn._call(P_NETWORK_CREATE, self._ref())
+        return 0
+
+    def setAutostart(self, autostart: int) -> int:
+        self.conn._call(P_NETWORK_SET_AUTOSTART, self._ref().int(autostart))
+        return 0
 
 
 class Stream:

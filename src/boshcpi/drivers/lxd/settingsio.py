@@ -44,8 +44,9 @@ def uses_iso(host: LXDHost) -> bool:
     return host.cfg.agent_config.type == "CDROM" and host.client.has_extension("custom_volume_iso")
 
 
-def write_config_volume(host: LXDHost, vm_cid: str, settings: dict[str, Any], target: str = "") -> str:
-    """Make a new config drive volume for a VM (and its readable copy where it is an `iso`)."""
+def write_config_volume(host: LXDHost, vm_cid: str, settings: dict[str, Any], target: str = "", name: str = "") -> str:
+    """Make a new config drive volume for a VM (and its readable copy where it is an `iso`), named
+    `name` or else afresh (naming.config_volume)."""
     from boshcpi.agent import configdisk
     from boshcpi.drivers.lxd import volumes
 
@@ -59,7 +60,7 @@ def write_config_volume(host: LXDHost, vm_cid: str, settings: dict[str, Any], ta
         filename=ac.filename,
         public_key=ac.public_key,
     )
-    name = naming.config_volume(vm_cid)
+    name = name or naming.config_volume(vm_cid)
     marks = {META + "kind": "config", META + "vm": vm_cid, META + "created": now()}
     with mapped("write config volume"):
         if uses_iso(host):
@@ -80,8 +81,13 @@ def config_drive_device(host: LXDHost, name: str) -> dict[str, str]:
     """The instance device of a config drive. A block drive (FAT32, or no `iso` volumes) is attached
     read-only: root in the guest could otherwise plant a drive that the next settings read chokes on
     (an `iso` volume is a CD-ROM, read-only by nature)."""
-    dev = {"type": "disk", "pool": host.pool, "source": name}
-    if not uses_iso(host):
+    return drive_device(host.pool, name, uses_iso(host))
+
+
+def drive_device(pool: str, name: str, iso: bool) -> dict[str, str]:
+    """config_drive_device, from what it depends on."""
+    dev = {"type": "disk", "pool": pool, "source": name}
+    if not iso:
         dev["readonly"] = "true"
     return dev
 
