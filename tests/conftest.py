@@ -228,8 +228,16 @@ LIBVIRT_POOLS = Path("/var/lib/boshcpi-dev/libvirt-pools")
 
 def in_pool(dom, pool: str) -> bool:
     """Whether a domain is this run's: its disks live in the run's own pool (libvirt domains are
-    global, and the CPI names them vm-<uuid>, not after the run)."""
-    return f"{LIBVIRT_POOLS / pool}/" in dom.XMLDesc(0)
+    global, and the CPI names them vm-<uuid>, not after the run). A domain deleted since it was
+    listed (a concurrent call's) is nobody's."""
+    from boshcpi.drivers.libvirt import remote
+
+    try:
+        return f"{LIBVIRT_POOLS / pool}/" in dom.XMLDesc(0)
+    except remote.libvirtError as e:
+        if e.get_error_code() == remote.VIR_ERR_NO_DOMAIN:
+            return False
+        raise
 
 
 @pytest.fixture(scope="session")
