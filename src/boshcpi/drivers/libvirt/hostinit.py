@@ -57,26 +57,39 @@ class HostInit:
         self.lv = host.lv
         self.steps: list[Step] = []
 
-    def pool(self, path: str | None) -> None:
-        name = self.lc.storage_pool_name
-        what = f"storage pool {name}"
+    def _ensure(self, what: str, lookup: Any, missing: int, define: Any, start: Any, running: Any, made: str) -> None:
+        """A pool or network: defined, started and autostarted where missing (`created`), started where
+        stopped (`updated`), else `unchanged`."""
         try:
-            pool = self.host.conn.storagePoolLookupByName(name)
+            obj = lookup()
         except self.lv.libvirtError as e:
-            if e.get_error_code() != self.lv.VIR_ERR_NO_STORAGE_POOL:
+            if e.get_error_code() != missing:
                 raise
-            folder = path or os.path.join(DEFAULT_POOL_ROOT, name)
-            pool = self.host.conn.storagePoolDefineXML(pool_xml(name, folder), 0)
-            pool.create(self.lv.VIR_STORAGE_POOL_CREATE_WITH_BUILD)
-            pool.setAutostart(1)
-            self.steps.append(Step(what, "created", f"folder {folder}, autostart"))
+            obj = define()
+            start(obj)
+            obj.setAutostart(1)
+            self.steps.append(Step(what, "created", f"{made}, autostart"))
             return
-        if pool.info()[0] == self.lv.VIR_STORAGE_POOL_RUNNING:
+        if running(obj):
             self.steps.append(Step(what, "unchanged"))
             return
-        pool.create(self.lv.VIR_STORAGE_POOL_CREATE_WITH_BUILD)
-        pool.setAutostart(1)
+        start(obj)
+        obj.setAutostart(1)
         self.steps.append(Step(what, "updated", "started, autostart"))
+
+    def pool(self, path: str | None) -> None:
+        name = self.lc.storage_pool_name
+        folder = path or os.path.join(DEFAULT_POOL_ROOT, name)
+        conn, lv = self.host.conn, self.lv
+        self._ensure(
+            f"storage pool {name}",
+            lambda: conn.storagePoolLookupByName(name),
+            lv.VIR_ERR_NO_STORAGE_POOL,
+            lambda: conn.storagePoolDefineXML(pool_xml(name, folder), 0),
+            lambda p: p.create(lv.VIR_STORAGE_POOL_CREATE_WITH_BUILD),
+            lambda p: p.info()[0] == lv.VIR_STORAGE_POOL_RUNNING,
+            f"folder {folder}",
+        )
 
     def network(self, cidr: str, nat: bool) -> None:
         if self.lc.bridge_name:
@@ -85,23 +98,16 @@ class HostInit:
             )
             return
         name = self.lc.network_name
-        what = f"network {name}"
-        try:
-            net = self.host.conn.networkLookupByName(name)
-        except self.lv.libvirtError as e:
-            if e.get_error_code() != self.lv.VIR_ERR_NO_NETWORK:
-                raise
-            net = self.host.conn.networkDefineXML(network_xml(name, cidr, nat))
-            net.create()
-            net.setAutostart(1)
-            self.steps.append(Step(what, "created", f"{cidr}, {'NAT' if nat else 'no NAT'}, autostart"))
-            return
-        if net.isActive():
-            self.steps.append(Step(what, "unchanged"))
-            return
-        net.create()
-        net.setAutostart(1)
-        self.steps.append(Step(what, "updated", "started, autostart"))
+        conn = self.host.conn
+        self._ensure(
+            f"network {name}",
+            lambda: conn.networkLookupByName(name),
+            self.lv.VIR_ERR_NO_NETWORK,
+            lambda: conn.networkDefineXML(network_xml(name, cidr, nat)),
+            lambda n: n.create(),
+            lambda n: n.isActive(),
+            f"{cidr}, {'NAT' if nat else 'no NAT'}",
+        )
 
     def console_folder(self) -> None:
         folder = self.lc.console_log_dir
